@@ -1,0 +1,53 @@
+# dynams-service: `make demo` and `make test` set everything up on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Directory of the four Fashion-MNIST IDX files (raw or .gz); Debian's package puts them here.
+DATA_DIR ?= /usr/share/datasets/fashion-mnist
+SHARDS ?= data/fashion-mnist
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: test demo lint data venv clean
+
+venv: $(STAMP)
+
+# torch is pinned first so that pip takes the CPU wheel it can find, not a CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST: Debian's dataset-fashion-mnist when missing and apt is usable.
+data:
+	@if ls $(DATA_DIR)/train-images-idx3-ubyte* >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "Fashion-MNIST not found in $(DATA_DIR) and apt is not available."; \
+		echo "Download the four IDX files and run: make $(MAKECMDGOALS) DATA_DIR=/path/to/idx"; \
+		echo "(the CLI takes the same directory: dynams dataset convert --data-dir DIR --out OUT)"; \
+		exit 1; \
+	fi
+
+$(SHARDS)/train/dynams-dataset.json: $(STAMP) | data
+	$(VENV)/bin/dynams dataset convert --data-dir $(DATA_DIR) --out $(SHARDS)
+
+test: $(STAMP) data
+	$(VENV)/bin/ruff check .
+	DYNAMS_FASHION_MNIST_DIR=$(DATA_DIR) $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+demo: $(STAMP) $(SHARDS)/train/dynams-dataset.json
+	@if [ -f examples/demo.py ]; then $(PY) examples/demo.py --shards $(SHARDS); \
+	else echo "demo: not built yet (the DDP example arrives with the client); shards are in $(SHARDS)"; fi
+
+clean:
+	rm -rf $(VENV) $(SHARDS)

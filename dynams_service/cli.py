@@ -1,0 +1,98 @@
+"""The ``dynams`` command line: dataset conversion and inspection (more subcommands grow here)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from .core.idx import IDXError, load_idx_split
+from .core.shards import ShardError, read_manifest, verify_dataset, write_shards
+
+DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """IDX directory → ``OUT/train`` and ``OUT/test`` shard datasets (test uses train stats)."""
+    out = args.out.rstrip("/")
+    started = time.perf_counter()
+    images, labels = load_idx_split(args.idx, "train")
+    train = write_shards(f"{out}/train", images[:, None], labels,
+                         rows_per_shard=args.rows_per_shard)
+    print(f"wrote {out}/train: {train.num_samples} samples, {len(train.shards)} shards")
+    try:
+        test_images, test_labels = load_idx_split(args.idx, "test")
+    except IDXError as exc:
+        print(f"no test split converted: {exc}")
+    else:
+        test = write_shards(f"{out}/test", test_images[:, None], test_labels,
+                            num_classes=train.fingerprint.num_classes,
+                            rows_per_shard=args.rows_per_shard, stats_from=train)
+        print(f"wrote {out}/test: {test.num_samples} samples, {len(test.shards)} shards")
+    print(f"done in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    """Print a dataset's size, classes, fingerprint and shard layout."""
+    manifest = verify_dataset(args.path) if args.verify else read_manifest(args.path)
+    fp = manifest.fingerprint
+    print(f"dataset:        {args.path}")
+    print(f"samples:        {fp.num_samples}")
+    print(f"classes:        {fp.num_classes}")
+    print(f"labels sha256:  {fp.labels_sha256}")
+    print(f"sample:         {manifest.sample_dtype} {list(manifest.sample_shape)}")
+    print(f"normalisation:  mean {list(manifest.mean)} std {list(manifest.std)}")
+    print(f"shards:         {len(manifest.shards)}" + ("  (verified)" if args.verify else ""))
+    for shard in manifest.shards:
+        print(f"  {shard.path}  rows [{shard.start}, {shard.stop})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dynams", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dataset = commands.add_parser("dataset", help="convert and inspect shard datasets")
+    dataset_cmds = dataset.add_subparsers(dest="dataset_command", required=True)
+
+    convert = dataset_cmds.add_parser(
+        "convert", help="convert a directory of MNIST-style IDX files into Parquet shards")
+    convert.add_argument("--idx", "--data-dir", dest="idx", default=DEFAULT_IDX_DIR,
+                         help=f"directory with train-/t10k- IDX files, raw or .gz "
+                              f"(default: {DEFAULT_IDX_DIR})")
+    convert.add_argument("--out", required=True,
+                         help="output directory or pyarrow URI; writes OUT/train and OUT/test")
+    convert.add_argument("--rows-per-shard", type=_positive_int, default=8192,
+                         help="rows per Parquet file; a job's scorers each take >= 1 shard "
+                              "(default: 8192)")
+    convert.set_defaults(func=_convert)
+
+    info = dataset_cmds.add_parser("info", help="print a shard dataset's layout and fingerprint")
+    info.add_argument("path", help="dataset directory or pyarrow URI")
+    info.add_argument("--verify", action="store_true",
+                      help="read every shard and check indices, labels and fingerprint")
+    info.set_defaults(func=_info)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dynams`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (IDXError, ShardError, ValueError) as exc:
+        print(f"dynams: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

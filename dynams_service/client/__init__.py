@@ -1,0 +1,1 @@
+"""The trainer side: SelectorClient, DynaMSSampler and PSP training helpers."""

@@ -1,0 +1,52 @@
+"""The DynaMS core: margins, selection, policy and plan, slimmable models, PSP, shards.
+
+Pure PyTorch/numpy/pyarrow; imports neither Ray nor gRPC, so researchers can call it
+directly and both the selector and the trainer build on it.
+"""
+
+from .idx import IDXError, load_idx_split, read_idx
+from .margin import MARGIN_MODES, MarginMode, margins
+from .models import (
+    SlimCNN,
+    SlimmableModel,
+    SlimResNet18,
+    architectures,
+    build_architecture,
+    count_macs,
+    count_parameters,
+    load_model_modules,
+    register_architecture,
+)
+from .policy import EpochKind, EpochPlan, Plan, SelectionPolicy
+from .psp import PSPError, TensorRecord, build_proxy, export_psp, proxy_spec
+from .scoring import score
+from .selection import budget, class_quotas, select
+from .shards import (
+    DatasetFingerprint,
+    DatasetManifest,
+    ShardError,
+    decode_samples,
+    fingerprint,
+    read_manifest,
+    read_shards,
+    shard_groups,
+    verify_dataset,
+    write_shards,
+    write_shards_from_dataset,
+)
+from .slimmable import SlimmableConv2d, SlimmableLinear, SwitchableBatchNorm2d
+
+__all__ = [
+    "IDXError", "load_idx_split", "read_idx",
+    "MARGIN_MODES", "MarginMode", "margins",
+    "SlimCNN", "SlimmableModel", "SlimResNet18", "architectures", "build_architecture",
+    "count_macs", "count_parameters", "load_model_modules", "register_architecture",
+    "EpochKind", "EpochPlan", "Plan", "SelectionPolicy",
+    "PSPError", "TensorRecord", "build_proxy", "export_psp", "proxy_spec",
+    "score",
+    "budget", "class_quotas", "select",
+    "DatasetFingerprint", "DatasetManifest", "ShardError", "decode_samples", "fingerprint",
+    "read_manifest", "read_shards", "shard_groups", "verify_dataset", "write_shards",
+    "write_shards_from_dataset",
+    "SlimmableConv2d", "SlimmableLinear", "SwitchableBatchNorm2d",
+]

@@ -1,0 +1,114 @@
+"""Selection: keep the ⌈r·N⌉ samples with the smallest scores, globally or per class.
+
+Pure numpy; works on torch tensors and numpy arrays alike and returns the same kind.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+__all__ = ["budget", "class_quotas", "select"]
+
+
+def budget(num_samples: int, ratio: float) -> int:
+    """Number of samples kept at ``ratio``: ⌈ratio·N⌉, robust to float noise (0.3·10 → 3)."""
+    _check_ratio(ratio)
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+    return min(num_samples, math.ceil(round(ratio * num_samples, 9)))
+
+
+def class_quotas(class_sizes: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` over classes in equal shares, capped by each class's size.
+
+    A class smaller than its share gives all its samples and the unused quota is shared
+    again among the others (water-filling). Remainders go to classes in ascending
+    class order, so the result is deterministic and sums to ``min(total, sum(sizes))``.
+    """
+    sizes = np.asarray(class_sizes, dtype=np.int64)
+    quotas = np.zeros_like(sizes)
+    remaining = min(int(total), int(sizes.sum()))
+    open_classes = np.flatnonzero(sizes > 0)
+    while remaining > 0 and open_classes.size:
+        share, extra = divmod(remaining, open_classes.size)
+        room = sizes[open_classes] - quotas[open_classes]
+        give = np.minimum(room, share)
+        give[: extra] += (room[:extra] > give[:extra]).astype(np.int64)
+        quotas[open_classes] += give
+        remaining -= int(give.sum())
+        open_classes = open_classes[quotas[open_classes] < sizes[open_classes]]
+    return quotas
+
+
+def select(scores, labels=None, ratio: float = 0.3, per_class: bool = True):
+    """Indices of the ⌈ratio·N⌉ lowest scores, sorted ascending.
+
+    Args:
+        scores: ``(N,)`` scores (margins); lower means more likely kept. ``+inf`` is
+            allowed, NaN is not.
+        labels: ``(N,)`` integer classes; required when ``per_class`` is true.
+        ratio: fraction kept, in (0, 1].
+        per_class: give each class an equal share of the budget (unused share of small
+            classes is redistributed); otherwise take the lowest scores globally.
+
+    Returns:
+        int64 indices into ``scores``, ascending, of the same type as ``scores`` (torch
+        tensor or numpy array). Ties are broken by the lower index.
+
+    Example:
+        >>> select(np.array([0.5, 0.1, 0.9, 0.2]), np.array([0, 0, 1, 1]), ratio=0.5)
+        array([1, 3])
+    """
+    as_torch = isinstance(scores, torch.Tensor)
+    s = _to_numpy(scores, "scores")
+    if s.ndim != 1:
+        raise ValueError(f"scores must be 1-D (N,), got shape {s.shape}")
+    if np.isnan(s).any():
+        raise ValueError(f"scores contain {int(np.isnan(s).sum())} NaN values")
+    keep = budget(s.shape[0], ratio)
+
+    if per_class:
+        if labels is None:
+            raise ValueError("per_class selection needs labels; pass per_class=False for global")
+        y = _to_numpy(labels, "labels")
+        if y.shape != s.shape:
+            raise ValueError(f"labels must have shape {s.shape} like scores, got {y.shape}")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+        chosen = _select_per_class(s, y.astype(np.int64), keep)
+    else:
+        chosen = np.argsort(s, kind="stable")[:keep]
+    chosen = np.sort(chosen).astype(np.int64)
+    return torch.from_numpy(chosen) if as_torch else chosen
+
+
+def _select_per_class(scores: np.ndarray, labels: np.ndarray, keep: int) -> np.ndarray:
+    """Lowest scores within each class, with water-filled equal quotas."""
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"labels must be >= 0, got minimum {int(labels.min())}")
+    classes, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    quotas = class_quotas(sizes, keep)
+    # Sort by (class, score, index): stable argsort of score, then stable by class.
+    by_score = np.argsort(scores, kind="stable")
+    order = by_score[np.argsort(inverse[by_score], kind="stable")]
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    rank_in_class = np.arange(order.size) - np.repeat(starts, sizes)
+    kept = rank_in_class < np.repeat(quotas, sizes)
+    return order[kept]
+
+
+def _to_numpy(values, name: str) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    try:
+        return np.asarray(values)
+    except Exception as exc:  # pragma: no cover - numpy rarely fails here
+        raise ValueError(f"{name} must be array-like: {exc}") from exc
+
+
+def _check_ratio(ratio: float) -> None:
+    if not (isinstance(ratio, (int, float)) and 0 < ratio <= 1):
+        raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")

@@ -1,0 +1,1 @@
+"""The selector service: gRPC servicer, job coordinator, Ray scorer actors, persistence."""
