@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from .core.idx import IDXError, load_idx_split
 from .core.shards import ShardError, read_manifest, verify_dataset, write_shards
@@ -50,6 +51,50 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """Run the selector until SIGTERM/SIGINT: Ray (existing or embedded) + gRPC server."""
+    import logging
+    import signal
+    import threading
+
+    import ray
+
+    from .core.models import load_model_modules
+    from .service.server import SelectorServer, TLSFiles
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    token = None
+    if args.token_file:
+        token = Path(args.token_file).read_text().strip()
+        if not token:
+            raise ValueError(f"--token-file {args.token_file} is empty")
+    load_model_modules(args.models)
+    if args.ray_address == "auto":
+        try:
+            context = ray.init(address="auto", logging_level=logging.WARNING)
+        except ConnectionError:
+            context = ray.init(address="local", logging_level=logging.WARNING)
+    else:
+        context = ray.init(address=args.ray_address, logging_level=logging.WARNING)
+    tls = TLSFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
+    server = SelectorServer(args.address, state_dir=args.state_dir, token=token, tls=tls)
+    server.start()
+    dashboard = context.dashboard_url
+    print(f"dynams selector listening on {server.address}", flush=True)
+    print(f"Ray dashboard: http://{dashboard}" if dashboard else "Ray dashboard: not running",
+          flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    print("shutting down: stopping scorers, state is on disk", flush=True)
+    server.stop()
+    ray.shutdown()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynams", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--verify", action="store_true",
                       help="read every shard and check indices, labels and fingerprint")
     info.set_defaults(func=_info)
+
+    serve = commands.add_parser("serve", help="run the selector (gRPC server on Ray)")
+    serve.add_argument("--address", default="127.0.0.1:50051",
+                       help="host:port to listen on (default: 127.0.0.1:50051; port 0 picks one)")
+    serve.add_argument("--ray-address", default="auto",
+                       help="'auto' (join the running cluster, else start an embedded local "
+                            "Ray), 'local' (always embedded), or a cluster address")
+    serve.add_argument("--state-dir", default="dynams-state",
+                       help="where job specs and rounds persist (default: ./dynams-state)")
+    serve.add_argument("--token-file", help="file holding the bearer token clients must send")
+    serve.add_argument("--tls-cert", help="PEM certificate chain for TLS (with --tls-key)")
+    serve.add_argument("--tls-key", help="PEM private key for TLS (with --tls-cert)")
+    serve.add_argument("--models", action="append", default=[], metavar="MODULE",
+                       help="module whose import registers architectures (repeatable)")
+    serve.set_defaults(func=_serve)
     return parser
 
 
@@ -89,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (IDXError, ShardError, ValueError) as exc:
+    except (IDXError, ShardError, ValueError, OSError, ImportError) as exc:
         print(f"dynams: error: {exc}", file=sys.stderr)
         return 2
 

@@ -50,3 +50,11 @@ __all__ = [
     "write_shards_from_dataset",
     "SlimmableConv2d", "SlimmableLinear", "SwitchableBatchNorm2d",
 ]
+
+from .partition import epoch_order, rank_count, rank_part, uniform_subset  # noqa: E402
+
+__all__ += ["epoch_order", "rank_count", "rank_part", "uniform_subset"]
+
+from .job import JobSpec, ProxySpec, ScorerResources  # noqa: E402
+
+__all__ += ["JobSpec", "ProxySpec", "ScorerResources"]

@@ -34,6 +34,9 @@ __all__ = [
     "read_manifest",
     "read_shards",
     "verify_dataset",
+    "verified_labels",
+    "DatasetNotFound",
+    "FingerprintMismatch",
     "shard_groups",
     "decode_samples",
     "MANIFEST_NAME",
@@ -46,6 +49,14 @@ _SAMPLE_DTYPES = ("uint8", "float32")
 
 class ShardError(ValueError):
     """A dataset or one of its shards is missing or malformed; the message names the file."""
+
+
+class FingerprintMismatch(ShardError):
+    """The dataset is not the one the trainer fingerprinted."""
+
+
+class DatasetNotFound(ShardError):
+    """No dataset (no readable manifest) at the given URI."""
 
 
 class DatasetFingerprint(BaseModel):
@@ -199,7 +210,8 @@ def read_manifest(uri: str) -> DatasetManifest:
         with fs.open_input_stream(path) as f:
             raw = f.read()
     except (FileNotFoundError, OSError) as exc:
-        raise ShardError(f"{uri}: no dataset here ({MANIFEST_NAME} unreadable: {exc})") from None
+        raise DatasetNotFound(
+            f"{uri}: no dataset here ({MANIFEST_NAME} unreadable: {exc})") from None
     try:
         manifest = DatasetManifest.model_validate_json(raw)
     except ValidationError as exc:
@@ -296,6 +308,12 @@ def verify_dataset(uri: str, expected: DatasetFingerprint | None = None) -> Data
     Reads only the ``index`` and ``label`` columns. Raises ShardError naming the bad file,
     or when ``expected`` differs from the dataset's fingerprint.
     """
+    return verified_labels(uri, expected)[0]
+
+
+def verified_labels(uri: str, expected: DatasetFingerprint | None = None
+                    ) -> tuple[DatasetManifest, np.ndarray]:
+    """``verify_dataset`` that also returns all labels (N,) int64, read once."""
     manifest = read_manifest(uri)
     fs, root = _filesystem(uri)
     labels = []
@@ -303,13 +321,14 @@ def verify_dataset(uri: str, expected: DatasetFingerprint | None = None) -> Data
         path = posixpath.join(root, shard.path)
         table = _read_shard_table(fs, root, shard, manifest, ("index", "label"))
         labels.append(_checked_index_labels(table, shard, manifest, path)[1])
-    actual = fingerprint(np.concatenate(labels), manifest.fingerprint.num_classes)
+    all_labels = np.concatenate(labels)
+    actual = fingerprint(all_labels, manifest.fingerprint.num_classes)
     if actual != manifest.fingerprint:
         raise ShardError(f"{uri}: labels do not match the manifest's fingerprint")
     if expected is not None and expected != actual:
-        raise ShardError(f"{uri}: fingerprint {actual.model_dump()} differs from the "
-                         f"trainer's {expected.model_dump()}")
-    return manifest
+        raise FingerprintMismatch(f"{uri}: fingerprint {actual.model_dump()} differs from "
+                                  f"the trainer's {expected.model_dump()}")
+    return manifest, all_labels
 
 
 def shard_groups(manifest: DatasetManifest, k: int) -> list[list[int]]:

@@ -1,0 +1,135 @@
+"""SelectorClient: a typed wrapper over the selector's gRPC API.
+
+Deadlines on every call, retries with exponential backoff on UNAVAILABLE, bearer-token
+metadata, TLS; errors surface as ``SelectorRpcError`` carrying the gRPC status code.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import numpy as np
+
+from ..core.job import JobSpec
+from ..core.psp import TensorRecord
+from ..proto.dynams.v1 import selector_pb2_grpc
+from ..protocol import (
+    MAX_MESSAGE_BYTES,
+    indices_from_chunks,
+    pb,
+    records_to_chunks,
+    spec_to_proto,
+)
+
+__all__ = ["SelectorClient", "SelectorRpcError"]
+
+T = TypeVar("T")
+
+
+class SelectorRpcError(RuntimeError):
+    """A selector call failed; ``code`` is the ``grpc.StatusCode``."""
+
+    def __init__(self, method: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{method}: {code.name}: {details}")
+        self.method = method
+        self.code = code
+        self.details = details
+
+
+class SelectorClient:
+    """Client of one selector.
+
+    Args:
+        address: ``host:port`` of ``dynams serve``.
+        token: bearer token, if the server was started with ``--token-file``.
+        tls_ca: PEM file of the CA that signed the server's certificate (enables TLS).
+        timeout: default deadline per call, seconds.
+        retries: attempts on UNAVAILABLE, with exponential backoff from ``backoff`` s.
+
+    Example:
+        >>> client = SelectorClient("127.0.0.1:50051")  # doctest: +SKIP
+        >>> client.create_job(spec); client.get_selection("job", epoch=1, rank=0, world_size=2)
+    """
+
+    def __init__(self, address: str, *, token: str | None = None, tls_ca: str | Path | None = None,
+                 timeout: float = 30.0, retries: int = 5, backoff: float = 0.2) -> None:
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        if tls_ca is not None:
+            creds = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
+            self._channel = grpc.secure_channel(address, creds, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+        self._stub = selector_pb2_grpc.SelectorStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.address = address
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+
+    def _call(self, method: str, fn: Callable[[float], T], timeout: float | None) -> T:
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                return fn(max(0.001, deadline - time.monotonic()))
+            except grpc.RpcError as exc:
+                code = exc.code()  # type: ignore[attr-defined]
+                retry = (code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries
+                         and time.monotonic() + delay < deadline)
+                if not retry:
+                    raise SelectorRpcError(method, code, exc.details()) from None  # type: ignore[attr-defined]
+                time.sleep(delay * (1 + random.random() * 0.2))
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def create_job(self, spec: JobSpec, timeout: float | None = None) -> pb.Job:
+        """Create (or find the identical) job; scorers are started before it returns."""
+        request = pb.CreateJobRequest(spec=spec_to_proto(spec))
+        return self._call("CreateJob", lambda t: self._stub.CreateJob(
+            request, timeout=t, metadata=self._metadata), timeout or max(self.timeout, 300))
+
+    def get_job(self, job_id: str, timeout: float | None = None) -> pb.Job:
+        return self._call("GetJob", lambda t: self._stub.GetJob(
+            pb.GetJobRequest(job_id=job_id), timeout=t, metadata=self._metadata), timeout)
+
+    def list_jobs(self, timeout: float | None = None) -> list[pb.Job]:
+        return list(self._call("ListJobs", lambda t: self._stub.ListJobs(
+            pb.ListJobsRequest(), timeout=t, metadata=self._metadata), timeout).jobs)
+
+    def delete_job(self, job_id: str, timeout: float | None = None) -> bool:
+        return self._call("DeleteJob", lambda t: self._stub.DeleteJob(
+            pb.DeleteJobRequest(job_id=job_id), timeout=t, metadata=self._metadata),
+            timeout).deleted
+
+    def push_weights(self, job_id: str, epoch: int, version: int,
+                     records: Iterable[TensorRecord], timeout: float | None = None) -> pb.PushAck:
+        """Push PSP tensors for the round that starts at ``epoch`` (streamed in parts)."""
+        records = list(records)
+        return self._call("PushWeights", lambda t: self._stub.PushWeights(
+            records_to_chunks(job_id, version, epoch, records), timeout=t,
+            metadata=self._metadata), timeout)
+
+    def get_selection(self, job_id: str, epoch: int, rank: int, world_size: int, *,
+                      drop_last: bool = False, timeout: float | None = None
+                      ) -> tuple[pb.SelectionHeader, np.ndarray]:
+        """This rank's indices for ``epoch``; waits up to ``timeout`` for a scoring round."""
+        request = pb.GetSelectionRequest(job_id=job_id, epoch=epoch, rank=rank,
+                                         world_size=world_size, drop_last=drop_last)
+        return self._call("GetSelection", lambda t: indices_from_chunks(self._stub.GetSelection(
+            request, timeout=t, metadata=self._metadata)), timeout)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> SelectorClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,57 @@
+"""The job spec: everything a selector needs to score and select for one training run."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .policy import Plan, SelectionPolicy
+from .shards import DatasetFingerprint
+
+__all__ = ["JobSpec", "ProxySpec", "ScorerResources", "JOB_ID_PATTERN"]
+
+JOB_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+
+
+class ProxySpec(BaseModel):
+    """The proxy: a registered architecture name and the PSP width α."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    architecture: str = Field(min_length=1, max_length=128)
+    width: float = Field(0.25, gt=0, le=1)
+
+
+class ScorerResources(BaseModel):
+    """How many scorer actors a job gets and what each one asks Ray for."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_scorers: int = Field(1, ge=1, le=1024)
+    num_cpus: float = Field(1.0, ge=0, le=256)
+    num_gpus: float = Field(0.0, ge=0, le=16)
+    batch_size: int = Field(1024, ge=1, le=65536)
+
+
+class JobSpec(BaseModel):
+    """A selection job: dataset, its fingerprint, proxy, policy, length and resources.
+
+    Example:
+        >>> spec = JobSpec(job_id="fmnist-r03", dataset_uri="data/fashion-mnist/train",
+        ...                fingerprint=fp, proxy=ProxySpec(architecture="fmnist-cnn"),
+        ...                epochs=10)  # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    job_id: str = Field(pattern=JOB_ID_PATTERN,
+                        description="lowercase letters, digits, '-', '_', '.'; ≤ 63 chars")
+    dataset_uri: str = Field(min_length=1, max_length=4096)
+    fingerprint: DatasetFingerprint
+    proxy: ProxySpec
+    policy: SelectionPolicy = SelectionPolicy()
+    epochs: int = Field(ge=1, le=100_000)
+    resources: ScorerResources = ScorerResources()
+
+    def plan(self) -> Plan:
+        """The job's plan: every epoch's kind and size."""
+        return self.policy.plan(self.fingerprint.num_samples, self.epochs)

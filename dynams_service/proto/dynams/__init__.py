@@ -1,0 +1,1 @@
+"""dynams.v1 protocol (generated)."""

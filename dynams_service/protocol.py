@@ -1,0 +1,208 @@
+"""Wire conversions shared by the selector and the client: specs, pushes and selections.
+
+Depends only on the core and the generated protocol code, so the service and the client
+can both use it without depending on each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .core.job import JobSpec, ProxySpec, ScorerResources
+from .core.policy import SelectionPolicy
+from .core.psp import TensorRecord
+from .core.shards import DatasetFingerprint
+from .proto.dynams.v1 import selector_pb2 as pb
+
+__all__ = [
+    "pb",
+    "ProtocolError",
+    "MAX_MESSAGE_BYTES",
+    "PUSH_PART_BYTES",
+    "MAX_PUSH_BYTES",
+    "INDEX_CHUNK",
+    "spec_to_proto",
+    "spec_from_proto",
+    "records_to_chunks",
+    "PushedWeights",
+    "chunks_to_push",
+    "selection_chunks",
+    "indices_from_chunks",
+]
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024    # the server refuses larger messages
+PUSH_PART_BYTES = 1024 * 1024          # tensor bytes per TensorPart
+MAX_PUSH_BYTES = 1024 * 1024 * 1024    # one push, all tensors together
+INDEX_CHUNK = 131072                   # indices per SelectionChunk (1 MiB)
+
+_MARGIN = {"distance": pb.MARGIN_MODE_DISTANCE, "signed": pb.MARGIN_MODE_SIGNED}
+_BALANCE = {"per_class": pb.CLASS_BALANCE_PER_CLASS, "global": pb.CLASS_BALANCE_GLOBAL}
+_SCHEDULE = {"constant": pb.RATIO_SCHEDULE_CONSTANT, "power": pb.RATIO_SCHEDULE_POWER}
+_STALENESS = {"sync": pb.STALENESS_SYNC, "pipelined": pb.STALENESS_PIPELINED}
+
+
+class ProtocolError(ValueError):
+    """A message is malformed (inconsistent chunks, unknown enum, …); the text says how."""
+
+
+def _enum_to_proto(table: dict[str, int], value: str) -> int:
+    return table[value]
+
+
+def _enum_from_proto(table: dict[str, int], value: int, field: str) -> str | None:
+    if value == 0:
+        return None  # unspecified: take the policy default
+    for name, number in table.items():
+        if number == value:
+            return name
+    raise ProtocolError(f"{field}: unknown enum value {value}")
+
+
+def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
+    """JobSpec (pydantic) → protobuf."""
+    p = spec.policy
+    return pb.JobSpec(
+        job_id=spec.job_id, dataset_uri=spec.dataset_uri, epochs=spec.epochs,
+        fingerprint=pb.Fingerprint(**spec.fingerprint.model_dump()),
+        proxy=pb.ProxySpec(architecture=spec.proxy.architecture, width=spec.proxy.width),
+        policy=pb.Policy(
+            ratio=p.ratio, warmup_epochs=p.warmup_epochs, interval_epochs=p.interval_epochs,
+            anneal_epochs=p.anneal_epochs, margin_mode=_MARGIN[p.margin_mode],
+            class_balance=_BALANCE[p.class_balance],
+            ratio_schedule=_SCHEDULE[p.ratio_schedule], power_exponent=p.power_exponent,
+            seed=p.seed, staleness=_STALENESS[p.staleness],
+        ),
+        resources=pb.ScorerResources(**spec.resources.model_dump()),
+    )
+
+
+def spec_from_proto(message: pb.JobSpec) -> JobSpec:
+    """protobuf → JobSpec; raises ProtocolError or pydantic's ValidationError."""
+    p = message.policy
+    policy: dict = {"ratio": p.ratio, "warmup_epochs": p.warmup_epochs,
+                    "interval_epochs": p.interval_epochs, "anneal_epochs": p.anneal_epochs,
+                    "seed": p.seed}
+    if p.power_exponent:
+        policy["power_exponent"] = p.power_exponent
+    for key, table, value in (("margin_mode", _MARGIN, p.margin_mode),
+                              ("class_balance", _BALANCE, p.class_balance),
+                              ("ratio_schedule", _SCHEDULE, p.ratio_schedule),
+                              ("staleness", _STALENESS, p.staleness)):
+        name = _enum_from_proto(table, value, f"policy.{key}")
+        if name is not None:
+            policy[key] = name
+    r = message.resources
+    resources = {k: v for k, v in (("num_scorers", r.num_scorers), ("num_cpus", r.num_cpus),
+                                   ("num_gpus", r.num_gpus), ("batch_size", r.batch_size))
+                 if message.HasField("resources")}
+    return JobSpec(
+        job_id=message.job_id, dataset_uri=message.dataset_uri, epochs=message.epochs,
+        fingerprint=DatasetFingerprint(num_samples=message.fingerprint.num_samples,
+                                       num_classes=message.fingerprint.num_classes,
+                                       labels_sha256=message.fingerprint.labels_sha256),
+        proxy=ProxySpec(architecture=message.proxy.architecture, width=message.proxy.width),
+        policy=SelectionPolicy(**policy),
+        resources=ScorerResources(**resources),
+    )
+
+
+def records_to_chunks(job_id: str, version: int, epoch: int, records: Iterable[TensorRecord],
+                      part_bytes: int = PUSH_PART_BYTES) -> Iterator[pb.WeightsChunk]:
+    """Split records into WeightsChunks of about ``part_bytes`` tensor bytes each."""
+    parts: list[pb.TensorPart] = []
+    size = 0
+    for record in records:
+        offsets = range(0, max(len(record.data), 1), part_bytes)
+        for offset in offsets:
+            data = record.data[offset:offset + part_bytes]
+            parts.append(pb.TensorPart(name=record.name, dtype=record.dtype,
+                                       shape=list(record.shape), offset=offset, data=data))
+            size += len(data)
+            if size >= part_bytes:
+                yield pb.WeightsChunk(job_id=job_id, version=version, epoch=epoch, parts=parts)
+                parts, size = [], 0
+    yield pb.WeightsChunk(job_id=job_id, version=version, epoch=epoch, parts=parts)
+
+
+@dataclass(frozen=True)
+class PushedWeights:
+    """A whole push, reassembled: which job and round it is for and its tensors."""
+
+    job_id: str
+    version: int
+    epoch: int
+    records: list[TensorRecord]
+    nbytes: int
+
+
+def chunks_to_push(chunks: Iterable[pb.WeightsChunk],
+                   max_bytes: int = MAX_PUSH_BYTES) -> PushedWeights:
+    """Reassemble a push; every part of a tensor must arrive in order with the same header."""
+    header: tuple[str, int, int] | None = None
+    buffers: dict[str, bytearray] = {}
+    meta: dict[str, tuple[str, tuple[int, ...]]] = {}
+    total = 0
+    for chunk in chunks:
+        this = (chunk.job_id, chunk.version, chunk.epoch)
+        if header is None:
+            if not chunk.job_id:
+                raise ProtocolError("the first WeightsChunk must carry job_id")
+            header = this
+        elif chunk.job_id and this != header:
+            raise ProtocolError(f"chunk header {this} differs from the first chunk's {header}")
+        for part in chunk.parts:
+            shape = tuple(part.shape)
+            if part.name not in buffers:
+                if part.offset != 0:
+                    raise ProtocolError(f"tensor {part.name[:80]!r}: first part at offset "
+                                        f"{part.offset}, expected 0")
+                buffers[part.name] = bytearray()
+                meta[part.name] = (part.dtype, shape)
+            elif meta[part.name] != (part.dtype, shape):
+                raise ProtocolError(f"tensor {part.name[:80]!r}: parts disagree on dtype/shape")
+            elif part.offset != len(buffers[part.name]):
+                raise ProtocolError(f"tensor {part.name[:80]!r}: part at offset {part.offset}, "
+                                    f"expected {len(buffers[part.name])} (parts out of order "
+                                    "or the tensor was sent twice)")
+            total += len(part.data)
+            if total > max_bytes:
+                raise ProtocolError(f"push exceeds {max_bytes} bytes")
+            buffers[part.name] += part.data
+    if header is None:
+        raise ProtocolError("empty push: no WeightsChunk received")
+    records = [TensorRecord(name, meta[name][0], meta[name][1], bytes(buf))
+               for name, buf in buffers.items()]
+    return PushedWeights(header[0], header[1], header[2], records, total)
+
+
+def selection_chunks(header: pb.SelectionHeader, indices: np.ndarray,
+                     chunk: int = INDEX_CHUNK) -> Iterator[pb.SelectionChunk]:
+    """Stream ``indices`` as little-endian int64 bytes, the header on the first chunk."""
+    data = np.ascontiguousarray(indices, dtype="<i8")
+    yield pb.SelectionChunk(header=header, indices=data[:chunk].tobytes())
+    for start in range(chunk, len(data), chunk):
+        yield pb.SelectionChunk(indices=data[start:start + chunk].tobytes())
+
+
+def indices_from_chunks(chunks: Iterable[pb.SelectionChunk]
+                        ) -> tuple[pb.SelectionHeader, np.ndarray]:
+    """Reassemble a selection stream; checks the count against the header."""
+    header = None
+    parts = []
+    for chunk in chunks:
+        if header is None:
+            if not chunk.HasField("header"):
+                raise ProtocolError("the first SelectionChunk must carry the header")
+            header = chunk.header
+        if len(chunk.indices) % 8:
+            raise ProtocolError(f"indices chunk of {len(chunk.indices)} bytes is not int64s")
+        parts.append(np.frombuffer(chunk.indices, dtype="<i8"))
+    if header is None:
+        raise ProtocolError("empty selection stream")
+    indices = np.concatenate(parts).astype(np.int64, copy=False) if parts else np.zeros(0, np.int64)
+    if len(indices) != header.rank_count:
+        raise ProtocolError(f"received {len(indices)} indices, header says {header.rank_count}")
+    return header, indices

@@ -1,0 +1,43 @@
+"""Domain errors of the selector, each carrying the gRPC status code it maps to."""
+
+from __future__ import annotations
+
+__all__ = [
+    "SelectorError",
+    "InvalidArgument",
+    "NotFound",
+    "AlreadyExists",
+    "FailedPrecondition",
+    "DeadlineExceeded",
+    "Internal",
+]
+
+
+class SelectorError(Exception):
+    """Base class; ``code`` names a ``grpc.StatusCode`` member."""
+
+    code = "INTERNAL"
+
+
+class InvalidArgument(SelectorError):
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(SelectorError):
+    code = "NOT_FOUND"
+
+
+class AlreadyExists(SelectorError):
+    code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(SelectorError):
+    code = "FAILED_PRECONDITION"
+
+
+class DeadlineExceeded(SelectorError):
+    code = "DEADLINE_EXCEEDED"
+
+
+class Internal(SelectorError):
+    code = "INTERNAL"

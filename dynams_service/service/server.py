@@ -1,0 +1,119 @@
+"""The selector's gRPC server: wiring of servicer, health, reflection, auth and TLS.
+
+Hosted in the process that runs ``dynams serve`` (the Ray driver). Jobs and rounds are
+on disk, so a restarted server resumes them; see the README's threat model for exposure.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ..proto.dynams.v1 import selector_pb2_grpc
+from ..protocol import MAX_MESSAGE_BYTES, pb
+from .coordinator import JobCoordinator
+from .servicer import SelectorServicer
+from .store import StateStore
+
+__all__ = ["SelectorServer", "TLSFiles", "BearerTokenInterceptor", "SERVICE_NAME"]
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Selector"].full_name
+_OPEN_METHODS = ("/grpc.health.v1.Health/",)
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    cert: Path
+    key: Path
+
+
+class BearerTokenInterceptor(grpc.ServerInterceptor):
+    """Requires ``authorization: Bearer <token>`` on every RPC except health checks."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          "missing or wrong bearer token (metadata 'authorization')")
+
+        self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream_in = grpc.stream_unary_rpc_method_handler(deny)
+        self._deny_stream_out = grpc.unary_stream_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        if method.startswith(_OPEN_METHODS):
+            return continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        given = metadata.get("authorization", "")
+        given = given.encode() if isinstance(given, str) else given
+        if hmac.compare_digest(given, self._expected):
+            return continuation(handler_call_details)
+        if method.endswith("/PushWeights"):
+            return self._deny_stream_in
+        if method.endswith("/GetSelection"):
+            return self._deny_stream_out
+        return self._deny_unary
+
+
+class SelectorServer:
+    """A running selector: coordinator + gRPC server on ``address``.
+
+    Example:
+        >>> server = SelectorServer("127.0.0.1:0", state_dir="state")  # doctest: +SKIP
+        >>> server.start(); print(server.address); server.stop()  # doctest: +SKIP
+    """
+
+    def __init__(self, address: str = "127.0.0.1:50051", *, state_dir: str | Path,
+                 token: str | None = None, tls: TLSFiles | None = None,
+                 max_workers: int = 32) -> None:
+        self.coordinator = JobCoordinator(StateStore(state_dir))
+        interceptors = [BearerTokenInterceptor(token)] if token else []
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="dynams-rpc"),
+            interceptors=interceptors,
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+        )
+        selector_pb2_grpc.add_SelectorServicer_to_server(
+            SelectorServicer(self.coordinator), self._server)
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        if tls is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())])
+            self.port = self._server.add_secure_port(address, credentials)
+        else:
+            self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        self.address = f"{address.rsplit(':', 1)[0]}:{self.port}"
+
+    def start(self) -> SelectorServer:
+        """Restore persisted jobs, then serve."""
+        restored = self.coordinator.restore()
+        self._server.start()
+        for name in ("", SERVICE_NAME):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("selector listening on %s (%d jobs restored)", self.address, restored)
+        return self
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Stop serving, then stop every job's scorers (state is already on disk)."""
+        self._health.enter_graceful_shutdown()
+        self._server.stop(grace).wait()
+        self.coordinator.shutdown()
+
+    def wait(self) -> None:
+        self._server.wait_for_termination()

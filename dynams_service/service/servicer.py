@@ -1,0 +1,122 @@
+"""The gRPC servicer: unpack, delegate to the coordinator, pack; map errors to status codes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from functools import wraps
+from typing import TypeVar
+
+import grpc
+from pydantic import ValidationError
+
+from ..proto.dynams.v1 import selector_pb2_grpc
+from ..protocol import (
+    ProtocolError,
+    chunks_to_push,
+    pb,
+    selection_chunks,
+    spec_from_proto,
+    spec_to_proto,
+)
+from .coordinator import JobCoordinator, JobStatus
+from .errors import SelectorError
+
+__all__ = ["SelectorServicer"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_ROUND_STATES = {"waiting": pb.ROUND_STATE_WAITING_FOR_WEIGHTS, "scoring": pb.ROUND_STATE_SCORING,
+                 "done": pb.ROUND_STATE_DONE, "failed": pb.ROUND_STATE_FAILED}
+
+
+def _status_codes(method: Callable[..., T]) -> Callable[..., T]:
+    """Turn domain and validation errors into gRPC status codes with a readable message."""
+
+    @wraps(method)
+    def wrapper(self, request, context: grpc.ServicerContext):
+        try:
+            result = method(self, request, context)
+            if isinstance(result, Iterator):
+                yield from result
+                return
+            yield result
+        except SelectorError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        except (ValidationError, ProtocolError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, _short(exc))
+        except grpc.RpcError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - never leak a traceback as UNKNOWN
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    return wrapper
+
+
+def _unary(method: Callable[..., T]) -> Callable[..., T]:
+    streaming = _status_codes(method)
+
+    @wraps(method)
+    def wrapper(self, request, context):
+        return next(iter(streaming(self, request, context)))
+
+    return wrapper
+
+
+def _short(exc: Exception, limit: int = 1000) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def job_to_proto(status: JobStatus) -> pb.Job:
+    return pb.Job(
+        spec=spec_to_proto(status.spec), epoch_sizes=status.plan.sizes,
+        fraction_trained=status.plan.fraction_trained, scorers=status.scorers,
+        rounds=[pb.RoundStatus(round=r.round, epoch=r.epoch, state=_ROUND_STATES[r.state],
+                               weights_version=r.weights_version, selected=r.selected,
+                               seconds=r.seconds, error=r.error) for r in status.rounds],
+    )
+
+
+class SelectorServicer(selector_pb2_grpc.SelectorServicer):
+    """Thin adapter from the ``dynams.v1.Selector`` service to ``JobCoordinator``."""
+
+    def __init__(self, coordinator: JobCoordinator) -> None:
+        self.coordinator = coordinator
+
+    @_unary
+    def CreateJob(self, request: pb.CreateJobRequest, context) -> pb.Job:
+        return job_to_proto(self.coordinator.create_job(spec_from_proto(request.spec)))
+
+    @_unary
+    def GetJob(self, request: pb.GetJobRequest, context) -> pb.Job:
+        return job_to_proto(self.coordinator.get_job(request.job_id))
+
+    @_unary
+    def ListJobs(self, request: pb.ListJobsRequest, context) -> pb.ListJobsResponse:
+        return pb.ListJobsResponse(jobs=[job_to_proto(j) for j in self.coordinator.list_jobs()])
+
+    @_unary
+    def DeleteJob(self, request: pb.DeleteJobRequest, context) -> pb.DeleteJobResponse:
+        return pb.DeleteJobResponse(deleted=self.coordinator.delete_job(request.job_id))
+
+    @_unary
+    def PushWeights(self, request_iterator, context) -> pb.PushAck:
+        push = chunks_to_push(request_iterator)
+        round_, already = self.coordinator.push_weights(push.job_id, push.version, push.epoch,
+                                                        push.records, push.nbytes)
+        return pb.PushAck(job_id=push.job_id, version=push.version, round=round_,
+                          bytes_received=push.nbytes, already_done=already)
+
+    @_status_codes
+    def GetSelection(self, request: pb.GetSelectionRequest, context):
+        answer = self.coordinator.get_selection(
+            request.job_id, request.epoch, request.rank, request.world_size, request.drop_last,
+            timeout=context.time_remaining())
+        header = pb.SelectionHeader(
+            epoch=answer.epoch, round=answer.round, weights_version=answer.weights_version,
+            kind=pb.SELECTION_KIND_FULL if answer.full else pb.SELECTION_KIND_SUBSET,
+            global_count=answer.global_count, rank_count=len(answer.indices))
+        return selection_chunks(header, answer.indices)

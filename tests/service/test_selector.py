@@ -1,0 +1,113 @@
+"""The selector end to end: real Ray scorers, real gRPC, real Fashion-MNIST shards."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from dynams_service import (
+    build_proxy,
+    decode_samples,
+    epoch_order,
+    export_psp,
+    read_shards,
+    score,
+    select,
+)
+from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.protocol import pb
+
+from .conftest import canonical_from_parts, gather, make_spec
+
+
+def expected_selection(small_shards, model, ratio=0.3, batch_size=256) -> np.ndarray:
+    """What the core computes in-process for the same data, weights and batch size."""
+    uri, manifest = small_shards
+    rows = read_shards(uri, manifest=manifest)
+    proxy = build_proxy("fmnist-cnn", 0.25, export_psp(model, 0.25))
+    margins = score(proxy, decode_samples(rows.samples, manifest), batch_size=batch_size)
+    return select(margins, rows.labels, ratio)
+
+
+@pytest.fixture()
+def job_with_round(server_factory, small_shards, trained_model):
+    server = server_factory()
+    client = SelectorClient(server.address)
+    spec = make_spec(small_shards)
+    job = client.create_job(spec)
+    ack = client.push_weights(spec.job_id, epoch=1, version=11,
+                              records=export_psp(trained_model, 0.25))
+    return server, client, spec, job, ack
+
+
+def test_round_equals_the_in_process_core(job_with_round, small_shards, trained_model):
+    server, client, spec, job, ack = job_with_round
+    assert list(job.epoch_sizes) == [4000, 1200, 1200, 1200]
+    assert list(job.scorers) == ["dynams:fmnist-small:scorer:0", "dynams:fmnist-small:scorer:1"]
+    assert ack.round == 0 and not ack.already_done and ack.bytes_received > 0
+    expected = expected_selection(small_shards, trained_model)
+
+    answers = gather(client, spec.job_id, epoch=1, world_size=2)
+    headers, parts = zip(*answers, strict=True)
+    assert all(h.kind == pb.SELECTION_KIND_SUBSET and h.weights_version == 11 for h in headers)
+    assert all(h.global_count == 1200 for h in headers)
+    assert [len(p) for p in parts] == [600, 600]
+    assert not set(parts[0]) & set(parts[1])
+    canonical = canonical_from_parts(list(parts), 1200)
+    assert np.array_equal(np.sort(canonical), expected)
+    assert np.array_equal(canonical, epoch_order(expected, seed=7, epoch=1))
+
+    status = client.get_job(spec.job_id)
+    assert status.rounds[0].state == pb.ROUND_STATE_DONE and status.rounds[0].selected == 1200
+
+
+@pytest.mark.parametrize(("world_size", "drop_last"), [(7, False), (7, True), (1, False)])
+def test_rank_parts_follow_distributed_sampler(job_with_round, world_size, drop_last):
+    _, client, spec, _, _ = job_with_round
+    answers = gather(client, spec.job_id, 1, world_size, drop_last)
+    lengths = {len(part) for _, part in answers}
+    assert len(lengths) == 1
+    per_rank = lengths.pop()
+    assert per_rank == (1200 // world_size if drop_last else -(-1200 // world_size))
+    flat = np.concatenate([part for _, part in answers])
+    unique = len(np.unique(flat))
+    assert unique == min(len(flat), 1200)
+
+
+def test_full_epochs_need_no_weights_and_unpushed_rounds_say_so(job_with_round):
+    _, client, spec, _, _ = job_with_round
+    header, part = client.get_selection(spec.job_id, 0, 0, 1)
+    assert header.kind == pb.SELECTION_KIND_FULL and header.round == -1
+    assert np.array_equal(np.sort(part), np.arange(4000))
+    with pytest.raises(SelectorRpcError) as info:
+        client.get_selection(spec.job_id, 2, 0, 1)
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no weights pushed yet for round 1" in info.value.details
+
+
+def test_pushing_again_changes_nothing(job_with_round, trained_model):
+    _, client, spec, _, _ = job_with_round
+    before = client.get_selection(spec.job_id, 1, 0, 1, timeout=120)[1]
+    model = trained_model
+    ack = client.push_weights(spec.job_id, epoch=1, version=12, records=export_psp(model, 0.25))
+    assert ack.already_done
+    header, after = client.get_selection(spec.job_id, 1, 0, 1)
+    assert header.weights_version == 11 and np.array_equal(before, after)
+
+
+def test_restart_serves_the_same_answers(server_factory, job_with_round, tmp_path):
+    server, client, spec, _, _ = job_with_round
+    before = gather(client, spec.job_id, 1, world_size=3)
+    server.stop(grace=0)
+    restarted = server_factory(state_dir=tmp_path / "state")
+    with SelectorClient(restarted.address) as again:
+        after = gather(again, spec.job_id, 1, world_size=3)
+        for (h1, p1), (h2, p2) in zip(before, after, strict=True):
+            assert h1 == h2 and np.array_equal(p1, p2)
+        assert again.get_job(spec.job_id).rounds[0].state == pb.ROUND_STATE_DONE
+        # The identical spec is still accepted; a changed one is not.
+        again.create_job(spec)
+        with pytest.raises(SelectorRpcError) as info:
+            again.create_job(spec.model_copy(update={"epochs": 9}))
+        assert info.value.code == grpc.StatusCode.ALREADY_EXISTS
