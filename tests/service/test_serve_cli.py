@@ -35,7 +35,7 @@ def test_serve_starts_embedded_ray_and_stops_on_sigterm(tmp_path):
             if not line:
                 break
             lines.append(line)
-            match = re.search(r"listening on (127\.0\.0\.1:\d+)", line)
+            match = re.search(r"dynams selector listening on (127\.0\.0\.1:\d+)", line)
             address = match.group(1) if match else None
         assert address, "".join(lines)
         channel = grpc.insecure_channel(address)
@@ -43,8 +43,9 @@ def test_serve_starts_embedded_ray_and_stops_on_sigterm(tmp_path):
                                                           timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-        lines.append(out)
+        # Read through the same buffered pipe (communicate() would skip its buffer).
+        lines.append(proc.stdout.read())
+        proc.wait(timeout=120)
         assert proc.returncode == 0, "".join(lines)
         text = "".join(lines)
         assert "Ray dashboard:" in text and "shutting down" in text
