@@ -14,7 +14,7 @@ Examples::
     .venv/bin/python benchmarks/quality.py --quick --out /tmp/q          # < 1 min smoke run
     .venv/bin/python benchmarks/quality.py --psp-cost                    # PSP step/scoring cost
     .venv/bin/python benchmarks/quality.py --ratios 0.3 --epochs 8 --seeds 3 --max-samples 20000
-    .venv/bin/python benchmarks/quality.py --ratios 0.1,0.2,0.3,0.5 --methods uniform,dynams-psp-0.25
+    .venv/bin/python benchmarks/quality.py --ratios 0.1,0.2,0.5 --methods uniform,dynams-psp-0.25
     .venv/bin/python benchmarks/quality.py --ablations --epochs 8 --max-samples 20000
 
 Results accumulate in ``--out``/quality.json keyed by (method, ratio, seed, epochs,
@@ -45,11 +45,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+# On a shared CPU, OpenMP's default busy-waiting makes every torch op wait on preempted
+# spinning threads (measured here: 2-thread steps 3-5x slower under load); passive waits
+# keep steps near their unloaded time. Must be set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import dynams_service as dms
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import dynams_service as dms  # noqa: E402
 
 ARCHITECTURE = "fmnist-cnn"
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
@@ -60,6 +65,8 @@ MAIN_METHODS = (
     "full", "uniform", "static-margin", "infobatch", "dynams-full-proxy", "dynams-psp-0.25",
     "uniform-psp-0.25", "uniform-compute-matched",
 )
+QUICK_METHODS = ("full,uniform,infobatch,dynams-full-proxy,dynams-psp-0.25,"
+                 "uniform-compute-matched")
 ABLATION_METHODS = (
     "dynams-psp-0.25-signed", "dynams-psp-0.25-global", "dynams-psp-0.25-int2",
     "dynams-psp-0.25-int5", "dynams-psp-0.25-warm0", "dynams-psp-0.25-warm3",
@@ -262,16 +269,18 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
     anneal_from = cfg.epochs - max(1, math.ceil(cfg.infobatch_anneal * cfg.epochs))
     prev_loss = torch.full((n,), float("nan"))
 
-    train_seconds = scoring_seconds = 0.0
+    train_seconds = scoring_seconds = train_cpu = scoring_cpu = 0.0
     step = 0
     sizes: list[int] = []
     accs: list[float] = []
     losses: list[float] = []
+    step_times: list[float] = []
+    select_times: list[float] = []
     static_keep: torch.Tensor | None = None
     keep: torch.Tensor | None = None
     for epoch, ep in enumerate(plan.epochs):
         # --- choose this epoch's samples (counted as scoring/selection time) ---
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         weights: torch.Tensor | None = None
         if spec.kind == "infobatch":
             keep, weights = _infobatch_subset(prev_loss, cfg, epoch, anneal_from)
@@ -294,16 +303,20 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
         assert keep is not None
         if spec.kind != "infobatch" and len(keep) != ep.size:
             raise RuntimeError(f"{spec.name} epoch {epoch}: {len(keep)} samples, plan {ep.size}")
+        if spec.kind != "infobatch" and ep.kind is not dms.EpochKind.FULL:
+            select_times.append(time.perf_counter() - t0)
         scoring_seconds += time.perf_counter() - t0
+        scoring_cpu += time.process_time() - c0
 
         # --- train on them ---
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         perm = torch.randperm(len(keep), generator=_generator(cfg.seed, epoch, 2))
         order = keep[perm]
         w_order = None if weights is None else weights[perm]
         epoch_steps = _steps(len(order), cfg.batch_size)
         loss_sum = 0.0
         for b in range(epoch_steps):
+            t_step = time.perf_counter()
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             if spec.kind == "infobatch":
                 lr = _cosine_lr(cfg.lr, epoch * 10_000 + (b * 10_000) // epoch_steps,
@@ -324,9 +337,11 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             step += 1
+            step_times.append(time.perf_counter() - t_step)
         train_seconds += time.perf_counter() - t0
+        train_cpu += time.process_time() - c0
         sizes.append(len(order))
         losses.append(loss_sum / max(len(order), 1))
         accs.append(evaluate(model, data.x_test, data.y_test))
@@ -336,6 +351,9 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
                   f" train={train_seconds:.1f}s score={scoring_seconds:.1f}s", flush=True)
 
     sample_iterations = sum(sizes)
+    # The CPU is shared: median step time × steps is a load-robust estimate of train cost.
+    step_median = statistics.median(step_times)
+    robust_train = step_median * step
     return {
         "method": spec.name,
         "ratio": cfg.ratio,
@@ -359,6 +377,13 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
         "train_seconds": train_seconds,
         "scoring_seconds": scoring_seconds,
         "total_compute_seconds": train_seconds + scoring_seconds,
+        "step_seconds_median": step_median,
+        "train_seconds_robust": robust_train,
+        "total_compute_seconds_robust": robust_train + scoring_seconds,
+        "train_cpu_seconds": train_cpu,
+        "scoring_cpu_seconds": scoring_cpu,
+        "total_compute_cpu_seconds": train_cpu + scoring_cpu,
+        "selection_seconds_each": select_times,
         "config": {
             "kind": spec.kind, "psp_width": spec.psp_width, "lam": spec.lam,
             "margin_mode": spec.margin_mode, "class_balance": spec.class_balance,
@@ -403,8 +428,10 @@ def compute_matched_ratio(records: Sequence[dict[str, Any]], ratio: float, epoch
                           warmup: int = 1) -> tuple[float, dict[str, Any]] | None:
     """Uniform subset ratio whose train seconds ≈ dynams-psp-0.25's total compute.
 
-    Seconds per sample-iteration come from the plain ``uniform`` runs at the same setting
-    (pooled over seeds to damp timing noise on a shared machine); None if either is missing.
+    Uses process CPU seconds (train + scoring), which another process's load on a shared
+    CPU barely moves, unlike wall seconds; CPU seconds per sample-iteration come from the
+    plain ``uniform`` runs at the same setting, pooled over seeds. None if either
+    reference is missing.
     """
     same = [r for r in records if r["ratio"] == ratio and r["epochs"] == epochs
             and r.get("max_samples") == max_samples]
@@ -412,13 +439,15 @@ def compute_matched_ratio(records: Sequence[dict[str, Any]], ratio: float, epoch
     uni = [r for r in same if r["method"] == "uniform"]
     if not psp or not uni:
         return None
-    sec_per_iter = sum(r["train_seconds"] for r in uni) / sum(r["sample_iterations"] for r in uni)
-    target_compute = statistics.mean(r["total_compute_seconds"] for r in psp)
+    sec_per_iter = (sum(r["train_cpu_seconds"] for r in uni)
+                    / sum(r["sample_iterations"] for r in uni))
+    target_compute = statistics.mean(r["total_compute_cpu_seconds"] for r in psp)
     target_iters = target_compute / sec_per_iter
     subset = (target_iters / num_train - warmup) / max(epochs - warmup, 1)
     subset = float(min(1.0, max(subset, 1.0 / num_train)))
-    return subset, {"matched_to": "dynams-psp-0.25", "target_compute_seconds": target_compute,
-                    "uniform_seconds_per_sample_iteration": sec_per_iter,
+    return subset, {"matched_to": "dynams-psp-0.25",
+                    "target_compute_cpu_seconds": target_compute,
+                    "uniform_cpu_seconds_per_sample_iteration": sec_per_iter,
                     "matched_ratio": subset}
 
 
@@ -484,26 +513,30 @@ def summarise(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "train_seconds": statistics.mean(r["train_seconds"] for r in runs),
             "scoring_seconds": statistics.mean(r["scoring_seconds"] for r in runs),
             "total_compute_seconds": statistics.mean(r["total_compute_seconds"] for r in runs),
+            "total_compute_cpu_seconds": statistics.mean(
+                r.get("total_compute_cpu_seconds", math.nan) for r in runs),
         })
     return rows
 
 
 def write_markdown(out: Path, records: Sequence[dict[str, Any]],
-                   psp_cost: dict[str, Any] | None = None) -> None:
+                   psp_cost: dict[str, dict[str, Any]] | None = None) -> None:
     """``quality.md``: one table per (train samples, epochs) setting, plus the PSP cost."""
     rows = summarise(records)
     lines = ["# Quality benchmark (Fashion-MNIST, fmnist-cnn)", "",
              "Final test accuracy is the headline (mean ± std over seeds, %); best-epoch "
              "accuracy is secondary. Fraction = sample-iterations trained / full data "
              "(warm-up included). Train s = trainer only; total = train + scoring "
-             "(proxy export, scoring, selection). Generated by `benchmarks/quality.py`.", ""]
+             "(proxy export, scoring, selection), wall seconds; CPU s = the same in process "
+             "CPU seconds, which load from other processes on a shared CPU barely moves "
+             "(compute matching uses it). Generated by `benchmarks/quality.py`.", ""]
     settings = sorted({(r["max_samples"], r["epochs"]) for r in rows},
                       key=lambda s: (s[0] or 10**9, s[1]))
     for ms, ep in settings:
         lines += [f"## {ms or 'all'} training samples, {ep} epochs", "",
                   "| method | ratio | seeds | final acc % | best acc % | fraction | "
-                  "train s | scoring s | total compute s |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "train s | scoring s | total compute s | total CPU s |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             if (r["max_samples"], r["epochs"]) != (ms, ep):
                 continue
@@ -516,10 +549,13 @@ def write_markdown(out: Path, records: Sequence[dict[str, Any]],
                 f"{100 * r['final_mean']:.2f} ± {100 * r['final_std']:.2f} | "
                 f"{100 * r['best_mean']:.2f} ± {100 * r['best_std']:.2f} | "
                 f"{r['fraction_trained']:.3f} | {r['train_seconds']:.1f} | "
-                f"{r['scoring_seconds']:.1f} | {r['total_compute_seconds']:.1f} |")
+                f"{r['scoring_seconds']:.1f} | {r['total_compute_seconds']:.1f} | "
+                f"{r['total_compute_cpu_seconds']:.1f} |")
         lines.append("")
     if psp_cost:
-        lines += ["## PSP cost", "", *psp_cost_lines(psp_cost), ""]
+        lines += ["## PSP cost", ""]
+        for measurement in psp_cost.values():
+            lines += [*psp_cost_lines(measurement), ""]
     _atomic_write(out / "quality.md", "\n".join(lines))
 
 
@@ -539,8 +575,10 @@ def write_plots(out: Path, records: Sequence[dict[str, Any]], max_samples: int |
     for x_key, label, fname in (
         ("fraction_trained", "fraction of data trained (sample-iterations / full)",
          "quality_accuracy_vs_fraction.png"),
-        ("total_compute_seconds", "total compute seconds (train + scoring)",
+        ("total_compute_seconds", "total compute, wall seconds (train + scoring)",
          "quality_accuracy_vs_compute.png"),
+        ("total_compute_cpu_seconds", "total compute, process CPU seconds (train + scoring)",
+         "quality_accuracy_vs_compute_cpu.png"),
     ):
         fig, ax = plt.subplots(figsize=(8, 5.5))
         by_method: dict[str, list[dict[str, Any]]] = {}
@@ -570,7 +608,7 @@ def write_plots(out: Path, records: Sequence[dict[str, Any]], max_samples: int |
 
 def measure_psp_cost(data: Data, steps: int, batch_size: int, seed: int,
                      score_repeats: int = 3, epoch_measure: bool = True,
-                     profile: bool = True) -> dict[str, Any]:
+                     profile: bool = True, warmup: int = 5) -> dict[str, Any]:
     """Median step time of plain vs joint (α = 0.25, 0.5) training, interleaved step by step
     so that load from other processes hits every variant alike; the standalone α-proxy's
     own step (the ideal joint overhead); and scoring all training samples with the α=0.25
@@ -586,13 +624,13 @@ def measure_psp_cost(data: Data, steps: int, batch_size: int, seed: int,
     n = data.num_train
     variants = ["plain", "joint-0.25", "joint-0.5", "proxy-only-0.25", "proxy-only-0.5"]
     times: dict[str, list[float]] = {v: [] for v in variants}
-    warmup = 5
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
     for i in range(warmup + steps):
         rot = i % len(variants)
         for v in variants[rot:] + variants[:rot]:
             idx = torch.randint(n, (batch_size,), generator=gen)
             x, y = data.x_train[idx], data.y_train[idx]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             if v.startswith("proxy-only"):
                 w = float(v.rsplit("-", 1)[1])
                 loss = F.cross_entropy(proxies[w](x), y)
@@ -608,11 +646,14 @@ def measure_psp_cost(data: Data, steps: int, batch_size: int, seed: int,
                 opt.step()
             if i >= warmup:
                 times[v].append(time.perf_counter() - t0)
+                cpu[v].append(time.process_time() - c0)
     med = {v: statistics.median(t) for v, t in times.items()}
     result: dict[str, Any] = {
         "num_train": n, "batch_size": batch_size, "steps_per_variant": steps,
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "step_ms_median": {v: 1e3 * m for v, m in med.items()},
+        "step_cpu_ms_median": {v: 1e3 * statistics.median(t) for v, t in cpu.items()},
         "step_ms_p25_p75": {v: [1e3 * float(np.percentile(t, 25)),
                                 1e3 * float(np.percentile(t, 75))] for v, t in times.items()},
         "joint_overhead_pct": {w: 100 * (med[f"joint-{w}"] / med["plain"] - 1)
@@ -674,6 +715,7 @@ def _profile_joint(model: dms.SlimmableModel, opt: torch.optim.Optimizer, data: 
 def psp_cost_lines(c: dict[str, Any]) -> list[str]:
     """Human-readable PSP cost summary against ARCHITECTURE §6's targets."""
     s = c["step_ms_median"]
+    cs = c["step_cpu_ms_median"]
     o = c["joint_overhead_pct"]
     ideal = c["ideal_overhead_pct"]
     return [
@@ -681,7 +723,10 @@ def psp_cost_lines(c: dict[str, Any]) -> list[str]:
         f"steps, {c['torch_threads']} threads): plain {s['plain']:.1f} ms, joint α=0.25 "
         f"{s['joint-0.25']:.1f} ms (+{o['0.25']:.1f} %, target ≤ 10 %; a standalone "
         f"α-proxy step is {ideal['0.25']:.1f} % of plain), joint α=0.5 {s['joint-0.5']:.1f} ms "
-        f"(+{o['0.5']:.1f} %; standalone {ideal['0.5']:.1f} %)",
+        f"(+{o['0.5']:.1f} %; standalone {ideal['0.5']:.1f} %); in CPU ms: plain "
+        f"{cs['plain']:.1f}, joint α=0.25 {cs['joint-0.25']:.1f} "
+        f"(+{100 * (cs['joint-0.25'] / cs['plain'] - 1):.1f} %), joint α=0.5 "
+        f"{cs['joint-0.5']:.1f} (+{100 * (cs['joint-0.5'] / cs['plain'] - 1):.1f} %)",
         f"- scoring {c['num_train']} samples with the α=0.25 proxy (export + rebuild + score): "
         f"{c['score_proxy_0.25_seconds']:.2f} s = {c['score_proxy_0.25_pct_of_epoch']:.1f} % "
         f"of a full-data epoch ({c['epoch_seconds_used']:.1f} s; target ≤ 10 %); with the "
@@ -730,8 +775,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure the PSP step and scoring cost (psp_cost.json) and exit")
     p.add_argument("--psp-steps", type=int, default=60)
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 2k train, 1k test, 3 epochs, 1 seed, all main methods, "
-                        "plus a small PSP cost measurement")
+                   help="smoke run: 2k train, 1k test, 3 epochs, 1 seed, "
+                        f"{QUICK_METHODS}, plus a tiny PSP cost measurement")
     return p
 
 
@@ -788,6 +833,7 @@ def run_quality(args: argparse.Namespace, data: Data) -> list[dict[str, Any]]:
 
 
 def _load_psp_cost(out: Path) -> dict[str, Any] | None:
+    """Stored PSP cost measurements, keyed ``threads=N``."""
     path = out / "psp_cost.json"
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -799,7 +845,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         args.max_test = args.max_test or 1000
         args.epochs = 3 if args.epochs == 10 else args.epochs
         args.seeds = "1" if args.seeds == "3" else args.seeds
-        args.psp_steps = min(args.psp_steps, 8)
+        args.psp_steps = min(args.psp_steps, 4)
+        args.methods = args.methods or QUICK_METHODS
     torch.set_num_threads(max(1, min(args.threads, 2)))
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -807,12 +854,15 @@ def main(argv: Iterable[str] | None = None) -> int:
         data = load_data(args.data_dir, args.max_samples, 1)
         cost = measure_psp_cost(data, args.psp_steps, args.batch_size, seed=0,
                                 score_repeats=1 if args.quick else 3,
-                                epoch_measure=True, profile=not args.quick)
-        _atomic_write(args.out / "psp_cost.json", json.dumps(cost, indent=1))
+                                epoch_measure=not args.quick, profile=not args.quick,
+                                warmup=1 if args.quick else 5)
+        costs = _load_psp_cost(args.out) or {}
+        costs[f"threads={torch.get_num_threads()}"] = cost
+        _atomic_write(args.out / "psp_cost.json", json.dumps(costs, indent=1))
         print("\n".join(psp_cost_lines(cost)))
         if "profile_joint_0.5_top_ops" in cost:
             print("\n".join(cost["profile_joint_0.5_top_ops"]))
-        write_markdown(args.out, load_results(args.out), cost)
+        write_markdown(args.out, load_results(args.out), costs)
         if args.psp_cost:
             return 0
     data = load_data(args.data_dir, args.max_samples, args.max_test)
