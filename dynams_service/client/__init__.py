@@ -1,5 +1,8 @@
-"""The trainer side: SelectorClient (and, next, DynaMSSampler and PSP training helpers)."""
+"""The trainer side: SelectorClient, DynaMSSampler and the joint PSP training helpers."""
 
 from .client import SelectorClient, SelectorRpcError
+from .psp import JointPSP, psp_loss
+from .sampler import DynaMSSampler, EpochSource
 
-__all__ = ["SelectorClient", "SelectorRpcError"]
+__all__ = ["SelectorClient", "SelectorRpcError", "DynaMSSampler", "EpochSource", "JointPSP",
+           "psp_loss"]

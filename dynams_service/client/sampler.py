@@ -1,0 +1,281 @@
+"""DynaMSSampler: a drop-in for DistributedSampler whose epochs come from the selector.
+
+Each rank asks the selector for its part of the epoch's canonical list (NOTE [ canonical
+list ] in ``core/partition.py``). If the selector is unreachable or late past the
+deadline, the rank trains on a seeded uniform subset of the planned size instead, warns
+once and counts it: the job never hangs and every epoch has the planned length.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sized
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from ..core.job import JobSpec
+from ..core.models import SlimmableModel
+from ..core.partition import epoch_order, rank_count, rank_part, uniform_subset
+from ..core.policy import EpochKind, Plan
+from ..core.psp import export_psp
+from ..protocol import pb, spec_from_proto
+from .client import SelectorClient, SelectorRpcError
+
+__all__ = ["DynaMSSampler", "EpochSource"]
+
+log = logging.getLogger(__name__)
+
+
+class EpochSource:
+    """Where an epoch's indices came from (for logs and summaries)."""
+
+    def __init__(self, kind: str, round_: int = -1, weights_version: int = -1,
+                 wait_seconds: float = 0.0) -> None:
+        self.kind = kind  # "full" | "subset" | "fallback"
+        self.round = round_
+        self.weights_version = weights_version
+        self.wait_seconds = wait_seconds
+
+    def __repr__(self) -> str:
+        return (f"EpochSource({self.kind}, round={self.round}, "
+                f"version={self.weights_version}, wait={self.wait_seconds:.3f}s)")
+
+
+class DynaMSSampler(Sampler[int]):
+    """This rank's indices of each epoch, as selected by the DynaMS selector.
+
+    Args:
+        dataset_or_len: the training Dataset (its ``len``) or the number of samples.
+        client: a ``SelectorClient`` (or an address string).
+        job: a ``JobSpec`` (created on the selector if needed; idempotent) or a job id.
+        rank, world_size: default to ``torch.distributed``'s, or 0 and 1 without it.
+        seed: seed of the fallback subsets (defaults to the policy's seed).
+        drop_last: DistributedSampler's semantics: drop the tail instead of padding.
+        deadline: seconds an epoch may wait for the selector before falling back.
+        pipeline_fraction: with ``staleness="pipelined"``, push this fraction of an epoch
+            before its end so scoring overlaps training.
+
+    Example:
+        >>> sampler = DynaMSSampler(train_set, SelectorClient("127.0.0.1:50051"), spec)
+        >>> loader = DataLoader(train_set, batch_size=128, sampler=sampler)
+        >>> for epoch in range(spec.epochs):
+        ...     sampler.set_epoch(epoch)
+        ...     for i, (x, y) in enumerate(loader):
+        ...         ...  # train
+        ...         sampler.maybe_push(model, progress=(i + 1) / len(loader))
+    """
+
+    def __init__(self, dataset_or_len: Sized | int, client: SelectorClient | str,
+                 job: JobSpec | str, *, rank: int | None = None, world_size: int | None = None,
+                 seed: int | None = None, drop_last: bool = False, deadline: float = 60.0,
+                 pipeline_fraction: float = 0.1) -> None:
+        self.num_samples = (dataset_or_len if isinstance(dataset_or_len, int)
+                            else len(dataset_or_len))
+        distributed = dist.is_available() and dist.is_initialized()
+        if world_size is None:
+            world_size = dist.get_world_size() if distributed else 1
+        if rank is None:
+            rank = dist.get_rank() if distributed else 0
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} must be in [0, {world_size - 1}]")
+        if deadline <= 0:
+            raise ValueError(f"deadline must be > 0 seconds, got {deadline}")
+        if not 0 <= pipeline_fraction < 1:
+            raise ValueError(f"pipeline_fraction must be in [0, 1), got {pipeline_fraction}")
+        self.client = SelectorClient(client) if isinstance(client, str) else client
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.deadline = deadline
+        self.pipeline_fraction = pipeline_fraction
+        self.spec = self._resolve_job(job)
+        if self.spec.fingerprint.num_samples != self.num_samples:
+            raise ValueError(f"the dataset has {self.num_samples} samples, the job's "
+                             f"fingerprint {self.spec.fingerprint.num_samples}")
+        self.seed = self.spec.policy.seed if seed is None else seed
+        self._plan = self.spec.plan()
+        self.epoch = 0
+        self.fallback_epochs: list[int] = []
+        self.sources: dict[int, EpochSource] = {}
+        self.wait_seconds: dict[int, float] = {}  # epoch → time __iter__ blocked on it
+        self.pushed: dict[int, int] = {}  # select epoch → weights version pushed
+        self._warned = False
+        self._job_known = not isinstance(job, JobSpec) or self._created
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dynams-fetch")
+        self._futures: dict[int, Future] = {}
+        self._lock = threading.Lock()
+
+    def _resolve_job(self, job: JobSpec | str) -> JobSpec:
+        self._created = False
+        try:
+            if isinstance(job, JobSpec):
+                self.client.create_job(job)
+                self._created = True
+                return job
+            return spec_from_proto(self.client.get_job(job).spec)
+        except SelectorRpcError as exc:
+            if isinstance(job, JobSpec) and exc.code in (grpc.StatusCode.UNAVAILABLE,
+                                                         grpc.StatusCode.DEADLINE_EXCEEDED):
+                self._warn(f"selector at {self.client.address} unreachable at start "
+                           f"({exc.code.name}); training on uniform fallback subsets until "
+                           "it answers")
+                return job
+            raise
+
+    # --- DistributedSampler's surface ---------------------------------------------------
+
+    def plan(self) -> Plan:
+        """Every epoch's kind and global size, known before training starts."""
+        return self._plan
+
+    def epoch_lengths(self) -> list[int]:
+        """This rank's number of samples in every epoch (for LR schedules, progress bars)."""
+        return [rank_count(size, self.world_size, self.drop_last) for size in self._plan.sizes]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch (and start fetching it in the background)."""
+        if not 0 <= epoch < len(self._plan.epochs):
+            raise ValueError(f"epoch {epoch} must be in [0, {len(self._plan.epochs) - 1}]")
+        self.epoch = epoch
+        self._fetch(epoch)
+
+    def __len__(self) -> int:
+        return rank_count(self._plan[self.epoch].size, self.world_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[int]:
+        started = time.perf_counter()
+        indices = self._fetch(self.epoch).result()
+        self.wait_seconds[self.epoch] = time.perf_counter() - started
+        nxt = self.epoch + 1
+        if nxt < len(self._plan.epochs) and (self._plan[nxt].kind is not EpochKind.SELECT
+                                             or nxt in self.pushed):
+            self._fetch(nxt)
+        return iter(indices.tolist())
+
+    # --- weights ------------------------------------------------------------------------
+
+    def next_select_epoch(self) -> int | None:
+        """The next epoch after the current one that starts a round, if any."""
+        nxt = self.epoch + 1
+        if nxt < len(self._plan.epochs) and self._plan[nxt].kind is EpochKind.SELECT:
+            return nxt
+        return None
+
+    def push_due(self, progress: float) -> bool:
+        """Whether the PSP weights for the next round should be pushed at this point.
+
+        ``progress`` is the fraction of the current epoch done; ``sync`` pushes at 1.0,
+        ``pipelined`` at ``1 - pipeline_fraction``.
+        """
+        target = self.next_select_epoch()
+        if target is None or target in self.pushed:
+            return False
+        threshold = 1.0 if self.spec.policy.staleness == "sync" else 1 - self.pipeline_fraction
+        return progress >= threshold - 1e-9
+
+    def push(self, model: SlimmableModel, version: int | None = None) -> int | None:
+        """Push the PSP slice for the next round from rank 0; other ranks only take note.
+
+        Returns the pushed version (None on ranks other than 0 or when nothing is due).
+        """
+        target = self.next_select_epoch()
+        if target is None or target in self.pushed:
+            return None
+        version = int(time.time() * 1000) if version is None else version
+        self.pushed[target] = version
+        if self.rank != 0:
+            self._fetch(target)
+            return None
+        try:
+            self.client.push_weights(self.spec.job_id, target, version,
+                                     export_psp(model, self.spec.proxy.width),
+                                     timeout=self.deadline)
+        except SelectorRpcError as exc:
+            self._warn(f"weights push for epoch {target} failed ({exc.code.name}: "
+                       f"{exc.details}); that epoch will fall back")
+        self._fetch(target)
+        return version
+
+    def maybe_push(self, model: SlimmableModel, progress: float,
+                   version: int | None = None) -> int | None:
+        """``push(model, version)`` when ``push_due(progress)``; call it after every step."""
+        return self.push(model, version) if self.push_due(progress) else None
+
+    # --- fetching -----------------------------------------------------------------------
+
+    def _fetch(self, epoch: int) -> Future:
+        with self._lock:
+            future = self._futures.get(epoch)
+            if future is None:
+                future = self._pool.submit(self._answer, epoch)
+                self._futures[epoch] = future
+                for old in [e for e in self._futures if e < epoch - 1]:
+                    del self._futures[old]
+            return future
+
+    def _answer(self, epoch: int) -> np.ndarray:
+        started = time.monotonic()
+        expected = rank_count(self._plan[epoch].size, self.world_size, self.drop_last)
+        deadline = started + self.deadline
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                reason = "deadline passed"
+                break
+            try:
+                header, indices = self.client.get_selection(
+                    self.spec.job_id, epoch, self.rank, self.world_size,
+                    drop_last=self.drop_last, timeout=remaining)
+            except SelectorRpcError as exc:
+                if (exc.code == grpc.StatusCode.FAILED_PRECONDITION
+                        and "no weights pushed yet" in exc.details):
+                    time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+                    continue  # rank 0's push is on its way
+                if exc.code == grpc.StatusCode.NOT_FOUND and not self._job_known:
+                    self._job_known = self._create_late(deadline - time.monotonic())
+                    if self._job_known:
+                        continue
+                reason = f"{exc.code.name}: {exc.details}"
+                break
+            if len(indices) != expected:
+                reason = f"selector sent {len(indices)} indices, the plan says {expected}"
+                break
+            kind = "full" if header.kind == pb.SELECTION_KIND_FULL else "subset"
+            self.sources[epoch] = EpochSource(kind, header.round, header.weights_version,
+                                              time.monotonic() - started)
+            return indices
+        return self._fallback(epoch, reason, time.monotonic() - started)
+
+    def _create_late(self, timeout: float) -> bool:
+        """Create the job on a selector that was unreachable when training started."""
+        try:
+            self.client.create_job(self.spec, timeout=max(0.001, timeout))
+            return True
+        except SelectorRpcError:
+            return False
+
+    def _fallback(self, epoch: int, reason: str, waited: float) -> np.ndarray:
+        size = self._plan[epoch].size
+        subset = (np.arange(self.num_samples) if size == self.num_samples
+                  else uniform_subset(self.num_samples, size, self.seed, epoch))
+        order = epoch_order(subset, self.seed, epoch)
+        with self._lock:
+            self.fallback_epochs.append(epoch)
+        self.sources[epoch] = EpochSource("fallback", wait_seconds=waited)
+        self._warn(f"epoch {epoch}: no selection from {self.client.address} ({reason}); "
+                   f"training on a seeded uniform subset of {size}")
+        return rank_part(order, self.rank, self.world_size, self.drop_last)
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("%s (further fallbacks are counted in sampler.fallback_epochs)", message)
+        else:
+            log.info(message)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,121 @@
+"""Two real gloo ranks (torchrun) train through a real selector on Fashion-MNIST shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dynams_service import write_shards
+from dynams_service.client import SelectorClient
+from dynams_service.protocol import pb
+
+ROOT = Path(__file__).resolve().parents[2]
+EPOCHS = 4
+
+
+@pytest.fixture(scope="module")
+def shard_root(tmp_path_factory, small_shards, fashion_mnist_dir) -> Path:
+    """shards/train (the 4000-sample set) and shards/test (1000 test images)."""
+    from dynams_service import load_idx_split
+
+    root = tmp_path_factory.mktemp("ddp") / "shards"
+    shutil.copytree(small_shards[0], root / "train")
+    images, labels = load_idx_split(fashion_mnist_dir, "test")
+    write_shards(str(root / "test"), images[:1000, None], labels[:1000], num_classes=10,
+                 stats_from=small_shards[1])
+    return root
+
+
+def torchrun(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(ROOT / "examples" / "train_ddp.py"), *args],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def common_args(shard_root: Path, tmp_path: Path, job_id: str, **extra: str) -> list[str]:
+    args = ["--shards", str(shard_root), "--epochs", str(EPOCHS), "--ratio", "0.3",
+            "--job-id", job_id, "--scorers", "2", "--summary", str(tmp_path / "summary.json"),
+            "--record-dir", str(tmp_path / "records")]
+    for key, value in extra.items():
+        args += [f"--{key.replace('_', '-')}", value]
+    return args
+
+
+def test_two_ranks_train_on_the_selectors_canonical_list(server_factory, shard_root,
+                                                         tmp_path):
+    server = server_factory()
+    proc = torchrun(common_args(shard_root, tmp_path, "ddp-job", selector=server.address,
+                                staleness="sync"), tmp_path)
+    out = finish(proc)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["fallback_epochs"] == [] and "fallback" not in out.lower()
+    assert summary["fraction_trained"] == pytest.approx((4000 + 3 * 1200) / (4 * 4000))
+    rec = tmp_path / "records"
+    info = [json.loads((rec / f"rank{r}.json").read_text()) for r in range(2)]
+    assert info[0]["param_sha256"] == info[1]["param_sha256"]  # DDP replicas identical
+
+    client = SelectorClient(server.address)
+    job = client.get_job("ddp-job")
+    pushed = {int(e): v for e, v in info[0]["pushed"].items()}
+    assert sorted(pushed) == [1, 2, 3]
+    for r in job.rounds:
+        assert r.state == pb.ROUND_STATE_DONE
+        assert r.weights_version == pushed[r.epoch]  # scored with what rank 0 pushed
+    for epoch in range(EPOCHS):
+        parts = [np.load(rec / f"rank{r}-epoch{epoch}.npy") for r in range(2)]
+        assert len(parts[0]) == len(parts[1])
+        assert not set(parts[0].tolist()) & set(parts[1].tolist())
+        _, canonical = client.get_selection("ddp-job", epoch, 0, 1)
+        assert sorted(np.concatenate(parts).tolist()) == sorted(canonical.tolist())
+        for r in range(2):
+            source = info[r]["sources"][str(epoch)]
+            assert source["kind"] == ("full" if epoch == 0 else "subset")
+            if epoch:
+                assert source["weights_version"] == pushed[epoch]
+
+
+def test_selector_killed_mid_run_falls_back_and_finishes(server_factory, shard_root, tmp_path):
+    server = server_factory()
+    proc = torchrun(common_args(shard_root, tmp_path, "doomed", selector=server.address,
+                                staleness="sync", deadline="5"), tmp_path)
+    client = SelectorClient(server.address, retries=0)
+
+    def stop_after_first_round() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                rounds = client.get_job("doomed", timeout=5).rounds
+                if rounds and rounds[0].state == pb.ROUND_STATE_DONE:
+                    break
+            except Exception:  # noqa: BLE001 - job not created yet
+                pass
+            time.sleep(0.2)
+        server.stop(grace=0)
+
+    killer = threading.Thread(target=stop_after_first_round)
+    killer.start()
+    out = finish(proc)
+    killer.join()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["fallback_epochs"], out
+    assert 0 not in summary["fallback_epochs"]
+    assert "fallback" in out
+    sizes = [e["samples"] for e in summary["epochs"]]
+    assert sizes == [4000, 1200, 1200, 1200]  # the planned sizes, fallback or not
