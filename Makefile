@@ -45,9 +45,10 @@ test: $(STAMP) data
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# DEMO_ARGS: e.g. "--epochs 10 --ratio 0.2 -- --staleness sync".
+DEMO_ARGS ?=
 demo: $(STAMP) $(SHARDS)/train/dynams-dataset.json
-	@if [ -f examples/demo.py ]; then $(PY) examples/demo.py --shards $(SHARDS); \
-	else echo "demo: not built yet (the DDP example arrives with the client); shards are in $(SHARDS)"; fi
+	$(PY) examples/demo.py --shards $(SHARDS) $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) $(SHARDS)

@@ -79,9 +79,10 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         context = ray.init(address=args.ray_address, logging_level=logging.WARNING)
     tls = TLSFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
-    server = SelectorServer(args.address, state_dir=args.state_dir, token=token, tls=tls)
-    server.start()
     dashboard = context.dashboard_url
+    server = SelectorServer(args.address, state_dir=args.state_dir, token=token, tls=tls,
+                            dashboard_url=f"http://{dashboard}" if dashboard else "")
+    server.start()
     print(f"dynams selector listening on {server.address}", flush=True)
     print(f"Ray dashboard: http://{dashboard}" if dashboard else "Ray dashboard: not running",
           flush=True)

@@ -73,6 +73,7 @@ class JobStatus:
     plan: Plan
     rounds: list[RoundStatus]
     scorers: list[str]
+    scorer_infos: list[dict]  # name, node_id, device, rows, input_bytes
 
 
 @dataclass
@@ -195,7 +196,10 @@ class JobCoordinator:
                 rounds.append(RoundStatus(r, epoch, "failed", error=job.failed[r]))
             else:
                 rounds.append(RoundStatus(r, epoch, "waiting"))
-        return JobStatus(job.spec, job.plan, rounds, job.pool.names if job.pool else [])
+        pool = job.pool
+        infos = [{"name": n, **i} for n, i in zip(pool.names, pool.infos, strict=False)
+                 ] if pool else []
+        return JobStatus(job.spec, job.plan, rounds, pool.names if pool else [], infos)
 
     def delete_job(self, job_id: str) -> bool:
         with self._lock:

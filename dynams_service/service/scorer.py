@@ -72,44 +72,102 @@ class ScoredShards:
 
 
 class ScorerPool:
-    """The K named scorer actors of one job, behind a local facade."""
+    """The K named scorer actors of one job, behind a local facade.
+
+    With several scorers, a placement group with the SPREAD strategy puts them on
+    different nodes where the cluster has them (each bundle asks for the job's num_cpus /
+    num_gpus). A scorer whose process dies is restarted by Ray and its task retried; one
+    killed for good is re-created here and its shard group scored again, so a round's
+    result never depends on failures.
+    """
 
     def __init__(self, spec: JobSpec, manifest: DatasetManifest,
-                 ready_timeout: float = 300) -> None:
+                 ready_timeout: float = 300, max_recreations: int = 3) -> None:
         self.job_id = spec.job_id
+        self.spec = spec
+        self.manifest = manifest
         self.num_samples = manifest.num_samples
+        self.max_recreations = max_recreations
         res = spec.resources
-        groups = shard_groups(manifest, res.num_scorers)
-        remote = ray.remote(ScorerActor).options  # type: ignore[attr-defined]
+        self.groups = shard_groups(manifest, res.num_scorers)
         self.names = [scorer_name(spec.job_id, i) for i in range(res.num_scorers)]
+        self.placement_group = self._reserve(ready_timeout)
         self.actors = []
-        for name, group in zip(self.names, groups, strict=True):
-            actor = _create_named(lambda n=name, g=group: remote(
-                name=n, num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                max_restarts=-1, max_task_retries=-1,
-            ).remote(spec.dataset_uri, manifest.model_dump_json(), g, spec.proxy.architecture,
-                     spec.proxy.width, res.batch_size, int(max(1, res.num_cpus))), name)
-            self.actors.append(actor)
+        self.infos: list[dict] = []
         try:
+            self.actors = [self._start_actor(i) for i in range(res.num_scorers)]
             self.infos = ray.get([a.info.remote() for a in self.actors], timeout=ready_timeout)
-        except (GetTimeoutError, RayActorError, RayTaskError) as exc:
+        except (GetTimeoutError, RayActorError, RayTaskError, Internal) as exc:
             self.shutdown()
             raise Internal(f"scorers of job {spec.job_id!r} did not start: {exc}") from None
 
-    def score(self, snapshot_ref: ray.ObjectRef, mode: str, timeout: float = 3600) -> ScoredShards:
-        """Fan the snapshot out to every scorer and merge margins by index.
+    def _bundle(self) -> dict[str, float]:
+        res = self.spec.resources
+        return {k: v for k, v in (("CPU", res.num_cpus), ("GPU", res.num_gpus)) if v > 0}
 
-        A scorer that dies is restarted by Ray and its task retried, so the result is the
-        same as without the failure.
-        """
-        started = time.perf_counter()
-        futures = [a.score.remote(snapshot_ref, mode) for a in self.actors]
+    def _reserve(self, timeout: float):
+        """A SPREAD placement group for K > 1 scorers that ask for resources, else None."""
+        if len(self.names) < 2 or not self._bundle():
+            return None
+        from ray.util.placement_group import placement_group
+
+        group = placement_group([self._bundle()] * len(self.names), strategy="SPREAD",
+                                name=f"dynams:{self.job_id}:scorers")
         try:
-            results = ray.get(futures, timeout=timeout)
-        except (GetTimeoutError, RayActorError, RayTaskError) as exc:
-            raise Internal(f"scoring failed for job {self.job_id!r}: {exc}") from None
+            ray.get(group.ready(), timeout=timeout)
+        except GetTimeoutError:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(group)
+            raise Internal(f"the cluster cannot place {len(self.names)} scorers of "
+                           f"{self._bundle()} each within {timeout:.0f}s") from None
+        return group
+
+    def _start_actor(self, i: int):
+        res = self.spec.resources
+        options = {"name": self.names[i], "num_cpus": res.num_cpus, "num_gpus": res.num_gpus,
+                   "max_restarts": -1, "max_task_retries": -1}
+        if self.placement_group is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                placement_group=self.placement_group, placement_group_bundle_index=i)
+        remote = ray.remote(ScorerActor)  # type: ignore[attr-defined]
+        return _create_named(lambda: remote.options(**options).remote(
+            self.spec.dataset_uri, self.manifest.model_dump_json(), self.groups[i],
+            self.spec.proxy.architecture, self.spec.proxy.width, res.batch_size,
+            int(max(1, res.num_cpus))), self.names[i])
+
+    def score(self, snapshot_ref: ray.ObjectRef, mode: str,
+              timeout: float = 3600) -> ScoredShards:
+        """Fan the snapshot out to every scorer and merge margins by index."""
+        started = time.perf_counter()
+        deadline = time.monotonic() + timeout
+        pending = {a.score.remote(snapshot_ref, mode): i for i, a in enumerate(self.actors)}
+        recreated = [0] * len(self.actors)
+        results = {}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1,
+                                timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise Internal(f"scoring for job {self.job_id!r} timed out after {timeout}s")
+            i = pending.pop(ready[0])
+            try:
+                results[i] = ray.get(ready[0])
+            except RayActorError as exc:
+                recreated[i] += 1
+                if recreated[i] > self.max_recreations:
+                    raise Internal(f"scorer {self.names[i]} died {recreated[i]} times: "
+                                   f"{exc}") from None
+                log.warning("scorer %s is gone (%s); re-creating it and rescoring its "
+                            "shards", self.names[i], type(exc).__name__)
+                self.actors[i] = self._start_actor(i)
+                self.infos[i] = ray.get(self.actors[i].info.remote(), timeout=timeout)
+                pending[self.actors[i].score.remote(snapshot_ref, mode)] = i
+            except RayTaskError as exc:
+                raise Internal(f"scorer {self.names[i]} failed: {exc}") from None
         margins = np.full(self.num_samples, np.nan, dtype=np.float32)
-        for indices, part in results:
+        for indices, part in results.values():
             margins[indices] = part
         if np.isnan(margins).any():
             raise Internal(f"job {self.job_id!r}: scorers returned NaN or missing margins")
@@ -120,6 +178,12 @@ class ScorerPool:
             with contextlib.suppress(Exception):  # already gone is fine
                 ray.kill(actor, no_restart=True)
         self.actors = []
+        if self.placement_group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            with contextlib.suppress(Exception):
+                remove_placement_group(self.placement_group)
+            self.placement_group = None
 
 
 def _create_named(create, name: str, timeout: float = 30.0):

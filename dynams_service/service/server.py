@@ -75,7 +75,7 @@ class SelectorServer:
 
     def __init__(self, address: str = "127.0.0.1:50051", *, state_dir: str | Path,
                  token: str | None = None, tls: TLSFiles | None = None,
-                 max_workers: int = 32) -> None:
+                 max_workers: int = 32, dashboard_url: str = "") -> None:
         self.coordinator = JobCoordinator(StateStore(state_dir))
         interceptors = [BearerTokenInterceptor(token)] if token else []
         self._server = grpc.server(
@@ -85,7 +85,7 @@ class SelectorServer:
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
         )
         selector_pb2_grpc.add_SelectorServicer_to_server(
-            SelectorServicer(self.coordinator), self._server)
+            SelectorServicer(self.coordinator, dashboard_url), self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(

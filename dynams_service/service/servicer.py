@@ -70,8 +70,10 @@ def _short(exc: Exception, limit: int = 1000) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def job_to_proto(status: JobStatus) -> pb.Job:
+def job_to_proto(status: JobStatus, dashboard_url: str = "") -> pb.Job:
     return pb.Job(
+        dashboard_url=dashboard_url,
+        scorer_status=[pb.ScorerStatus(**info) for info in status.scorer_infos],
         spec=spec_to_proto(status.spec), epoch_sizes=status.plan.sizes,
         fraction_trained=status.plan.fraction_trained, scorers=status.scorers,
         rounds=[pb.RoundStatus(round=r.round, epoch=r.epoch, state=_ROUND_STATES[r.state],
@@ -83,20 +85,23 @@ def job_to_proto(status: JobStatus) -> pb.Job:
 class SelectorServicer(selector_pb2_grpc.SelectorServicer):
     """Thin adapter from the ``dynams.v1.Selector`` service to ``JobCoordinator``."""
 
-    def __init__(self, coordinator: JobCoordinator) -> None:
+    def __init__(self, coordinator: JobCoordinator, dashboard_url: str = "") -> None:
         self.coordinator = coordinator
+        self.dashboard_url = dashboard_url
 
     @_unary
     def CreateJob(self, request: pb.CreateJobRequest, context) -> pb.Job:
-        return job_to_proto(self.coordinator.create_job(spec_from_proto(request.spec)))
+        return job_to_proto(self.coordinator.create_job(spec_from_proto(request.spec)),
+                            self.dashboard_url)
 
     @_unary
     def GetJob(self, request: pb.GetJobRequest, context) -> pb.Job:
-        return job_to_proto(self.coordinator.get_job(request.job_id))
+        return job_to_proto(self.coordinator.get_job(request.job_id), self.dashboard_url)
 
     @_unary
     def ListJobs(self, request: pb.ListJobsRequest, context) -> pb.ListJobsResponse:
-        return pb.ListJobsResponse(jobs=[job_to_proto(j) for j in self.coordinator.list_jobs()])
+        return pb.ListJobsResponse(jobs=[job_to_proto(j, self.dashboard_url)
+                                         for j in self.coordinator.list_jobs()])
 
     @_unary
     def DeleteJob(self, request: pb.DeleteJobRequest, context) -> pb.DeleteJobResponse:

@@ -157,19 +157,37 @@ class RoundStatus(_message.Message):
     error: str
     def __init__(self, round: _Optional[int] = ..., epoch: _Optional[int] = ..., state: _Optional[_Union[RoundState, str]] = ..., weights_version: _Optional[int] = ..., selected: _Optional[int] = ..., seconds: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
+class ScorerStatus(_message.Message):
+    __slots__ = ("name", "node_id", "device", "rows", "input_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    node_id: str
+    device: str
+    rows: int
+    input_bytes: int
+    def __init__(self, name: _Optional[str] = ..., node_id: _Optional[str] = ..., device: _Optional[str] = ..., rows: _Optional[int] = ..., input_bytes: _Optional[int] = ...) -> None: ...
+
 class Job(_message.Message):
-    __slots__ = ("spec", "epoch_sizes", "rounds", "fraction_trained", "scorers")
+    __slots__ = ("spec", "epoch_sizes", "rounds", "fraction_trained", "scorers", "scorer_status", "dashboard_url")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     EPOCH_SIZES_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     FRACTION_TRAINED_FIELD_NUMBER: _ClassVar[int]
     SCORERS_FIELD_NUMBER: _ClassVar[int]
+    SCORER_STATUS_FIELD_NUMBER: _ClassVar[int]
+    DASHBOARD_URL_FIELD_NUMBER: _ClassVar[int]
     spec: JobSpec
     epoch_sizes: _containers.RepeatedScalarFieldContainer[int]
     rounds: _containers.RepeatedCompositeFieldContainer[RoundStatus]
     fraction_trained: float
     scorers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., epoch_sizes: _Optional[_Iterable[int]] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., fraction_trained: _Optional[float] = ..., scorers: _Optional[_Iterable[str]] = ...) -> None: ...
+    scorer_status: _containers.RepeatedCompositeFieldContainer[ScorerStatus]
+    dashboard_url: str
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., epoch_sizes: _Optional[_Iterable[int]] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., fraction_trained: _Optional[float] = ..., scorers: _Optional[_Iterable[str]] = ..., scorer_status: _Optional[_Iterable[_Union[ScorerStatus, _Mapping]]] = ..., dashboard_url: _Optional[str] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("spec",)
