@@ -59,7 +59,12 @@ class SelectorClient:
     def __init__(self, address: str, *, token: str | None = None, tls_ca: str | Path | None = None,
                  timeout: float = 30.0, retries: int = 5, backoff: float = 0.2) -> None:
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                   # Reconnect quickly to a selector that comes back (gRPC's default
+                   # backoff grows to 120 s, longer than most epochs).
+                   ("grpc.initial_reconnect_backoff_ms", 200),
+                   ("grpc.min_reconnect_backoff_ms", 200),
+                   ("grpc.max_reconnect_backoff_ms", 2000)]
         if tls_ca is not None:
             creds = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
             self._channel = grpc.secure_channel(address, creds, options=options)

@@ -92,6 +92,7 @@ class DynaMSSampler(Sampler[int]):
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.deadline = deadline
         self.pipeline_fraction = pipeline_fraction
+        self._warned = False
         self.spec = self._resolve_job(job)
         if self.spec.fingerprint.num_samples != self.num_samples:
             raise ValueError(f"the dataset has {self.num_samples} samples, the job's "
@@ -103,18 +104,17 @@ class DynaMSSampler(Sampler[int]):
         self.sources: dict[int, EpochSource] = {}
         self.wait_seconds: dict[int, float] = {}  # epoch → time __iter__ blocked on it
         self.pushed: dict[int, int] = {}  # select epoch → weights version pushed
-        self._warned = False
-        self._job_known = not isinstance(job, JobSpec) or self._created
+        self._can_create = isinstance(job, JobSpec)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dynams-fetch")
         self._futures: dict[int, Future] = {}
+        self._pushes: dict[int, Future] = {}  # epoch → the background push (rank 0)
+        self._push_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynams-push")
         self._lock = threading.Lock()
 
     def _resolve_job(self, job: JobSpec | str) -> JobSpec:
-        self._created = False
         try:
             if isinstance(job, JobSpec):
                 self.client.create_job(job)
-                self._created = True
                 return job
             return spec_from_proto(self.client.get_job(job).spec)
         except SelectorRpcError as exc:
@@ -180,25 +180,37 @@ class DynaMSSampler(Sampler[int]):
     def push(self, model: SlimmableModel, version: int | None = None) -> int | None:
         """Push the PSP slice for the next round from rank 0; other ranks only take note.
 
-        Returns the pushed version (None on ranks other than 0 or when nothing is due).
+        The slice is copied now and sent in the background, so training does not wait for
+        the network. Returns the version (None when nothing is due).
         """
         target = self.next_select_epoch()
         if target is None or target in self.pushed:
             return None
         version = int(time.time() * 1000) if version is None else version
         self.pushed[target] = version
-        if self.rank != 0:
-            self._fetch(target)
-            return None
-        try:
-            self.client.push_weights(self.spec.job_id, target, version,
-                                     export_psp(model, self.spec.proxy.width),
-                                     timeout=self.deadline)
-        except SelectorRpcError as exc:
-            self._warn(f"weights push for epoch {target} failed ({exc.code.name}: "
-                       f"{exc.details}); that epoch will fall back")
+        if self.rank == 0:
+            records = export_psp(model, self.spec.proxy.width)
+            self._pushes[target] = self._push_pool.submit(self._send, target, version, records)
         self._fetch(target)
         return version
+
+    def _send(self, epoch: int, version: int, records: list) -> bool:
+        """Send one push; on a selector that lost the job, create it and push again."""
+        timeout = max(self.deadline, 120.0)
+        try:
+            try:
+                self.client.push_weights(self.spec.job_id, epoch, version, records,
+                                         timeout=timeout)
+            except SelectorRpcError as exc:
+                if not (exc.code == grpc.StatusCode.NOT_FOUND and self._recreate(timeout)):
+                    raise
+                self.client.push_weights(self.spec.job_id, epoch, version, records,
+                                         timeout=timeout)
+            return True
+        except SelectorRpcError as exc:
+            self._warn(f"weights push for epoch {epoch} failed ({exc.code.name}: "
+                       f"{exc.details}); that epoch will fall back")
+            return False
 
     def maybe_push(self, model: SlimmableModel, progress: float,
                    version: int | None = None) -> int | None:
@@ -221,6 +233,7 @@ class DynaMSSampler(Sampler[int]):
         started = time.monotonic()
         expected = rank_count(self._plan[epoch].size, self.world_size, self.drop_last)
         deadline = started + self.deadline
+        recreated = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -233,12 +246,16 @@ class DynaMSSampler(Sampler[int]):
             except SelectorRpcError as exc:
                 if (exc.code == grpc.StatusCode.FAILED_PRECONDITION
                         and "no weights pushed yet" in exc.details):
+                    push = self._pushes.get(epoch)
+                    if push is not None and push.done() and not push.result():
+                        reason = "the weights push failed"
+                        break
                     time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
                     continue  # rank 0's push is on its way
-                if exc.code == grpc.StatusCode.NOT_FOUND and not self._job_known:
-                    self._job_known = self._create_late(deadline - time.monotonic())
-                    if self._job_known:
-                        continue
+                if (exc.code == grpc.StatusCode.NOT_FOUND and not recreated
+                        and self._recreate(deadline - time.monotonic())):
+                    recreated = True
+                    continue
                 reason = f"{exc.code.name}: {exc.details}"
                 break
             if len(indices) != expected:
@@ -250,8 +267,11 @@ class DynaMSSampler(Sampler[int]):
             return indices
         return self._fallback(epoch, reason, time.monotonic() - started)
 
-    def _create_late(self, timeout: float) -> bool:
-        """Create the job on a selector that was unreachable when training started."""
+    def _recreate(self, timeout: float) -> bool:
+        """Create the job on a selector that did not know it (unreachable at start, or
+        restarted without its state); idempotent, so every rank may try."""
+        if not self._can_create:
+            return False
         try:
             self.client.create_job(self.spec, timeout=max(0.001, timeout))
             return True
@@ -278,4 +298,5 @@ class DynaMSSampler(Sampler[int]):
             log.info(message)
 
     def close(self) -> None:
+        self._push_pool.shutdown(wait=True)
         self._pool.shutdown(wait=False, cancel_futures=True)

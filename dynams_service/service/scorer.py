@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -41,7 +42,11 @@ class ScorerActor:
         manifest = DatasetManifest.model_validate_json(manifest_json)
         rows = read_shards(dataset_uri, shard_ids, manifest=manifest)
         gpus = ray.get_gpu_ids()
-        self.device = torch.device("cuda" if gpus and torch.cuda.is_available() else "cpu")
+        if gpus and not torch.cuda.is_available():  # CPU only when the job asks for 0 GPUs
+            raise RuntimeError(f"Ray gave this scorer GPU {gpus} but torch sees no CUDA device; "
+                               "install a CUDA build of torch on the GPU workers, or create "
+                               "the job with num_gpus=0 to score on CPU")
+        self.device = torch.device("cuda" if gpus else "cpu")
         self.indices = rows.indices
         self.labels = torch.from_numpy(rows.labels).to(self.device)
         self.inputs = decode_samples(rows.samples, manifest).to(self.device)
@@ -53,6 +58,10 @@ class ScorerActor:
         return {"node_id": ray.get_runtime_context().get_node_id(), "device": str(self.device),
                 "rows": int(len(self.indices)),
                 "input_bytes": int(self.inputs.numel() * self.inputs.element_size())}
+
+    def pid(self) -> int:
+        """The actor's process id (for operators and fault-injection tests)."""
+        return os.getpid()
 
     def score(self, snapshot: dict[str, np.ndarray], mode: str) -> tuple[np.ndarray, np.ndarray]:
         """(indices, margins) of this scorer's rows under the snapshot's weights."""

@@ -90,8 +90,9 @@ def server_factory(ray_cluster, tmp_path):
 
     servers = []
 
-    def start(state_dir: Path | None = None, **kwargs) -> SelectorServer:
-        server = SelectorServer("127.0.0.1:0", state_dir=state_dir or tmp_path / "state",
+    def start(state_dir: Path | None = None, address: str = "127.0.0.1:0",
+              **kwargs) -> SelectorServer:
+        server = SelectorServer(address, state_dir=state_dir or tmp_path / "state",
                                 **kwargs).start()
         servers.append(server)
         return server

@@ -1,0 +1,90 @@
+"""The sampler against an unreliable selector: down at start, down mid-run, too slow.
+
+Every epoch still has its planned length; each fallback is counted; when the selector is
+back, the next epoch uses it again."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+
+from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy, export_psp
+from dynams_service.client import DynaMSSampler, SelectorClient
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_fallbacks_keep_the_plan_and_recover(server_factory, small_shards, trained_model,
+                                             tmp_path, caplog):
+    uri, manifest = small_shards
+    spec = JobSpec(job_id="flaky", dataset_uri=uri, fingerprint=manifest.fingerprint,
+                   proxy=ProxySpec(architecture="fmnist-cnn", width=0.25),
+                   policy=SelectionPolicy(ratio=0.3, warmup_epochs=1, seed=5), epochs=6,
+                   resources=ScorerResources(num_scorers=2, num_cpus=1))
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    client = SelectorClient(address, timeout=10, retries=4)
+    sampler = DynaMSSampler(4000, client, spec, rank=0, world_size=1, deadline=120)
+    lengths = sampler.epoch_lengths()
+    assert lengths == [4000, 1200, 1200, 1200, 1200, 1200]
+
+    def run_epoch(epoch: int) -> np.ndarray:
+        sampler.set_epoch(epoch)
+        assert len(sampler) == lengths[epoch]
+        indices = np.array(list(sampler))
+        assert len(indices) == lengths[epoch]
+        return indices
+
+    # Down at start: the warm-up epoch falls back to all data.
+    assert sorted(run_epoch(0).tolist()) == list(range(4000))
+    assert sampler.fallback_epochs == [0]
+    assert "unreachable" in caplog.text or "no selection" in caplog.text
+
+    server = server_factory(state_dir=tmp_path / "state", address=address)
+    sampler.push(trained_model, version=1)  # creates the job late, then pushes
+    run_epoch(1)
+    assert sampler.sources[1].kind == "subset" and sampler.sources[1].weights_version == 1
+
+    # Down mid-run: the push for epoch 2 fails, epoch 2 trains on a uniform subset.
+    server.stop(grace=0)
+    sampler.push(trained_model, version=2)
+    fallback = run_epoch(2)
+    assert sampler.fallback_epochs == [0, 2] and len(set(fallback.tolist())) == 1200
+
+    # Back (same state dir and port): the next epoch uses it again.
+    server_factory(state_dir=tmp_path / "state", address=address)
+    sampler.push(trained_model, version=3)
+    run_epoch(3)
+    assert sampler.sources[3].kind == "subset" and sampler.sources[3].weights_version == 3
+
+    # Slow past the deadline: the round for epoch 4 cannot finish in 2 ms.
+    client.push_weights("flaky", 4, 4, export_psp(trained_model, 0.25))
+    sampler.pushed[4] = 4
+    sampler.deadline = 0.002
+    run_epoch(4)
+    assert sampler.fallback_epochs == [0, 2, 4]
+    sampler.deadline = 120
+    sampler.push(trained_model, version=5)
+    run_epoch(5)
+    assert sampler.sources[5].kind == "subset"
+    assert sampler.fallback_epochs == [0, 2, 4]
+    sampler.close()
+
+
+def test_bad_arguments_are_named(small_shards):
+    uri, manifest = small_shards
+    spec = JobSpec(job_id="args", dataset_uri=uri, fingerprint=manifest.fingerprint,
+                   proxy=ProxySpec(architecture="fmnist-cnn"), epochs=2)
+    client = SelectorClient(f"127.0.0.1:{free_port()}", timeout=1, retries=0)
+    with pytest.raises(ValueError, match=r"rank 2 must be in \[0, 1\]"):
+        DynaMSSampler(4000, client, spec, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="3999 samples, the job's fingerprint 4000"):
+        DynaMSSampler(3999, client, spec)
+    with pytest.raises(ValueError, match="deadline must be > 0"):
+        DynaMSSampler(4000, client, spec, deadline=0)

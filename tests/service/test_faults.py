@@ -1,0 +1,240 @@
+"""Faults survived: scorers killed mid-round, the selector SIGKILLed mid-push and mid-round,
+and one job's trouble leaving another job's answers untouched."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import ray
+import torch
+
+from dynams_service import (
+    JobSpec,
+    ProxySpec,
+    ScorerResources,
+    SelectionPolicy,
+    TensorRecord,
+    build_proxy,
+    decode_samples,
+    export_psp,
+    read_shards,
+    score,
+    select,
+)
+from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.proto.dynams.v1 import selector_pb2_grpc
+from dynams_service.protocol import pb, records_to_chunks
+
+from .conftest import make_spec
+
+
+def full_spec(shards, job_id: str) -> JobSpec:
+    uri, manifest = shards
+    return JobSpec(job_id=job_id, dataset_uri=uri, fingerprint=manifest.fingerprint,
+                   proxy=ProxySpec(architecture="fmnist-cnn", width=0.25),
+                   policy=SelectionPolicy(ratio=0.3, warmup_epochs=1, seed=3), epochs=4,
+                   resources=ScorerResources(num_scorers=2, num_cpus=1, batch_size=512))
+
+
+def expected(shards, model, batch_size=512) -> np.ndarray:
+    uri, manifest = shards
+    rows = read_shards(uri, manifest=manifest)
+    proxy = build_proxy("fmnist-cnn", 0.25, export_psp(model, 0.25))
+    return select(score(proxy, decode_samples(rows.samples, manifest), batch_size=batch_size),
+                  rows.labels, 0.3)
+
+
+@pytest.fixture(scope="module")
+def second_model(trained_model):
+    """Different weights for a later round (the trained model, perturbed)."""
+    torch.manual_seed(1)
+    model = type(trained_model)(widths=trained_model.widths)
+    model.load_state_dict(trained_model.state_dict())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize("how", ["ray.kill", "SIGKILL"])
+def test_scorer_killed_mid_round_gives_the_identical_round(server_factory, fashion_mnist_shards,
+                                                           trained_model, how):
+    server = server_factory()
+    client = SelectorClient(server.address)
+    spec = full_spec(fashion_mnist_shards, f"kill-{how.lower().replace('.', '-')}")
+    client.create_job(spec)
+    victim = ray.get_actor(f"dynams:{spec.job_id}:scorer:1")
+    pid = ray.get(victim.pid.remote())
+    started = time.perf_counter()
+    client.push_weights(spec.job_id, 1, 1, export_psp(trained_model, 0.25))
+    time.sleep(0.3)  # the round is scoring 60k samples: kill one scorer in the middle
+    if how == "ray.kill":
+        ray.kill(victim, no_restart=True)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    header, got = client.get_selection(spec.job_id, 1, 0, 1, timeout=600)
+    elapsed = time.perf_counter() - started
+    assert header.weights_version == 1
+    assert np.array_equal(np.sort(got), expected(fashion_mnist_shards, trained_model))
+    status = client.get_job(spec.job_id)
+    assert status.rounds[0].state == pb.ROUND_STATE_DONE
+    print(f"\n{how}: round with a killed scorer took {elapsed:.1f}s")
+
+
+def test_one_jobs_faults_leave_another_job_alone(server_factory, small_shards,
+                                                 trained_model):
+    server = server_factory()
+    client = SelectorClient(server.address, retries=0)
+    healthy, troubled = make_spec(small_shards, "healthy"), make_spec(small_shards, "troubled")
+    for spec in (healthy, troubled):
+        client.create_job(spec)
+    client.push_weights("healthy", 1, 1, export_psp(trained_model, 0.25))
+    reference = [client.get_selection("healthy", 1, r, 2, timeout=120) for r in range(2)]
+
+    def healthy_latency(n=20) -> float:
+        times = []
+        for i in range(n):
+            start = time.perf_counter()
+            header, part = client.get_selection("healthy", 1, i % 2, 2)
+            times.append(time.perf_counter() - start)
+            assert header == reference[i % 2][0] and np.array_equal(part, reference[i % 2][1])
+        return statistics.median(times) * 1e3
+
+    quiet = healthy_latency()
+    stop = threading.Event()
+    trouble_done = []
+
+    def make_trouble() -> None:
+        bad = [TensorRecord("fc.weight", "float32", (3,), b"\x00" * 12)]
+        while not stop.is_set():
+            with pytest.raises(SelectorRpcError):
+                client.push_weights("troubled", 1, 5, bad)
+            with pytest.raises(SelectorRpcError):
+                client.get_selection("troubled", 9, 0, 1)
+        trouble_done.append(True)
+
+    thread = threading.Thread(target=make_trouble)
+    thread.start()
+    client.push_weights("troubled", 1, 2, export_psp(trained_model, 0.25))
+    ray.kill(ray.get_actor("dynams:troubled:scorer:0"), no_restart=True)
+    noisy = healthy_latency()
+    client.get_selection("troubled", 1, 0, 1, timeout=300)  # its round still completes
+    stop.set()
+    thread.join()
+    assert trouble_done
+    healthy_latency()
+    print(f"\nhealthy job GetSelection median: {quiet:.1f} ms quiet, {noisy:.1f} ms while the "
+          "other job was pushing garbage and losing a scorer")
+
+
+# --- the selector process SIGKILLed -----------------------------------------------------
+
+class Selector:
+    """A `dynams serve` process on this session's Ray cluster."""
+
+    def __init__(self, state_dir: Path) -> None:
+        address = ray.get_runtime_context().gcs_address
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dynams_service.cli", "serve", "--address", "127.0.0.1:0",
+             "--ray-address", address, "--state-dir", str(state_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError("selector exited:\n" + "".join(self.lines))
+            self.lines.append(line)
+            match = re.search(r"dynams selector listening on (\S+)", line)
+            if match:
+                self.address = match.group(1)
+                break
+        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()
+
+    def sigkill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+
+
+def test_selector_sigkilled_during_push_and_round(ray_cluster, fashion_mnist_shards,
+                                                  trained_model, second_model, tmp_path):
+    state = tmp_path / "state"
+    spec = full_spec(fashion_mnist_shards, "crashy")
+    first = Selector(state)
+    try:
+        client = SelectorClient(first.address)
+        client.create_job(spec)
+        client.push_weights(spec.job_id, 1, 1, export_psp(trained_model, 0.25))
+        round0 = [client.get_selection(spec.job_id, 1, r, 2, timeout=600) for r in range(2)]
+
+        # 1. Killed during a push: half the stream sent, then SIGKILL.
+        chunks = list(records_to_chunks(spec.job_id, 2, 2, export_psp(second_model, 0.25),
+                                        part_bytes=8192))
+        release = threading.Event()
+
+        def stalled():
+            yield from chunks[: len(chunks) // 2]
+            release.wait(60)
+
+        stub = selector_pb2_grpc.SelectorStub(grpc.insecure_channel(first.address))
+        pushing = stub.PushWeights.future(stalled(), timeout=60)
+        time.sleep(1.0)
+        first.sigkill()
+        release.set()
+        with pytest.raises(grpc.RpcError):
+            pushing.result()
+    finally:
+        if first.proc.poll() is None:
+            first.sigkill()
+
+    second = Selector(state)
+    try:
+        client = SelectorClient(second.address)
+        status = client.get_job(spec.job_id)
+        assert [r.state for r in status.rounds[:2]] == [pb.ROUND_STATE_DONE,
+                                                       pb.ROUND_STATE_WAITING_FOR_WEIGHTS]
+        for rank in range(2):
+            header, part = client.get_selection(spec.job_id, 1, rank, 2)
+            assert header == round0[rank][0] and np.array_equal(part, round0[rank][1])
+        # 2. Killed during a round: the push is committed, scoring 60k samples is running.
+        client.push_weights(spec.job_id, 2, 2, export_psp(second_model, 0.25))
+        second.sigkill()
+    finally:
+        if second.proc.poll() is None:
+            second.sigkill()
+
+    third = Selector(state)
+    try:
+        client = SelectorClient(third.address)
+        assert not list(state.rglob(".tmp-*"))
+        status = client.get_job(spec.job_id)
+        assert status.rounds[0].state == pb.ROUND_STATE_DONE
+        assert status.rounds[1].state == pb.ROUND_STATE_WAITING_FOR_WEIGHTS  # not done
+        with pytest.raises(SelectorRpcError) as info:
+            client.get_selection(spec.job_id, 2, 0, 1)
+        assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        for rank in range(2):
+            header, part = client.get_selection(spec.job_id, 1, rank, 2)
+            assert header == round0[rank][0] and np.array_equal(part, round0[rank][1])
+        ack = client.push_weights(spec.job_id, 2, 2, export_psp(second_model, 0.25))
+        assert not ack.already_done
+        header, got = client.get_selection(spec.job_id, 2, 0, 1, timeout=600)
+        assert header.weights_version == 2
+        assert np.array_equal(np.sort(got), expected(fashion_mnist_shards, second_model))
+    finally:
+        third.stop()
