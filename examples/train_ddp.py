@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -183,8 +184,10 @@ def main() -> None:
     steps_per_epoch = [-(-n // args.batch_size) for n in epoch_lengths]
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
                                 weight_decay=5e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr,
-                                                   total_steps=sum(steps_per_epoch))
+    total_steps = sum(steps_per_epoch)  # known up front: the plan fixes every epoch's size
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps)
+                                                    / total_steps)))
     if rank == 0:
         print(f"{'full data' if args.full else 'DynaMS'}: {len(y_train)} samples, {world} "
               f"ranks, plan (per rank) {epoch_lengths}, fraction trained {fraction:.3f}",

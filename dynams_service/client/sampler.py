@@ -59,7 +59,9 @@ class DynaMSSampler(Sampler[int]):
         drop_last: DistributedSampler's semantics: drop the tail instead of padding.
         deadline: seconds an epoch may wait for the selector before falling back.
         pipeline_fraction: with ``staleness="pipelined"``, push this fraction of an epoch
-            before its end so scoring overlaps training.
+            before its end so scoring overlaps training; ``None`` (default) adapts it:
+            1.5× the last round's latency over the last epoch's duration, in [0.05, 0.9],
+            starting at 0.25.
 
     Example:
         >>> sampler = DynaMSSampler(train_set, SelectorClient("127.0.0.1:50051"), spec)
@@ -74,7 +76,7 @@ class DynaMSSampler(Sampler[int]):
     def __init__(self, dataset_or_len: Sized | int, client: SelectorClient | str,
                  job: JobSpec | str, *, rank: int | None = None, world_size: int | None = None,
                  seed: int | None = None, drop_last: bool = False, deadline: float = 60.0,
-                 pipeline_fraction: float = 0.1) -> None:
+                 pipeline_fraction: float | None = None) -> None:
         self.num_samples = (dataset_or_len if isinstance(dataset_or_len, int)
                             else len(dataset_or_len))
         distributed = dist.is_available() and dist.is_initialized()
@@ -86,13 +88,14 @@ class DynaMSSampler(Sampler[int]):
             raise ValueError(f"rank {rank} must be in [0, {world_size - 1}]")
         if deadline <= 0:
             raise ValueError(f"deadline must be > 0 seconds, got {deadline}")
-        if not 0 <= pipeline_fraction < 1:
+        if pipeline_fraction is not None and not 0 <= pipeline_fraction < 1:
             raise ValueError(f"pipeline_fraction must be in [0, 1), got {pipeline_fraction}")
         self.client = SelectorClient(client) if isinstance(client, str) else client
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.deadline = deadline
         self.pipeline_fraction = pipeline_fraction
         self._warned = False
+        self._epoch_started: dict[int, float] = {}
         self.spec = self._resolve_job(job)
         if self.spec.fingerprint.num_samples != self.num_samples:
             raise ValueError(f"the dataset has {self.num_samples} samples, the job's "
@@ -141,6 +144,7 @@ class DynaMSSampler(Sampler[int]):
         if not 0 <= epoch < len(self._plan.epochs):
             raise ValueError(f"epoch {epoch} must be in [0, {len(self._plan.epochs) - 1}]")
         self.epoch = epoch
+        self._epoch_started[epoch] = time.monotonic()
         self._fetch(epoch)
 
     def __len__(self) -> int:
@@ -169,13 +173,27 @@ class DynaMSSampler(Sampler[int]):
         """Whether the PSP weights for the next round should be pushed at this point.
 
         ``progress`` is the fraction of the current epoch done; ``sync`` pushes at 1.0,
-        ``pipelined`` at ``1 - pipeline_fraction``.
+        ``pipelined`` at ``1 - lead_fraction()``.
         """
         target = self.next_select_epoch()
         if target is None or target in self.pushed:
             return False
-        threshold = 1.0 if self.spec.policy.staleness == "sync" else 1 - self.pipeline_fraction
+        threshold = 1.0 if self.spec.policy.staleness == "sync" else 1 - self.lead_fraction()
         return progress >= threshold - 1e-9
+
+    def lead_fraction(self) -> float:
+        """How early (fraction of an epoch) a pipelined push goes out."""
+        if self.pipeline_fraction is not None:
+            return self.pipeline_fraction
+        rounds = [e for e in sorted(self.sources) if self.sources[e].kind == "subset"
+                  and self._plan[e].kind is EpochKind.SELECT and e in self.pushed]
+        epochs = sorted(self._epoch_started)
+        if not rounds or len(epochs) < 2:
+            return 0.25
+        latency = self.sources[rounds[-1]].wait_seconds  # push → answer ready
+        last = epochs[-1]
+        duration = self._epoch_started[last] - self._epoch_started[epochs[-2]]
+        return min(0.9, max(0.05, 1.5 * latency / max(duration, 1e-6)))
 
     def push(self, model: SlimmableModel, version: int | None = None) -> int | None:
         """Push the PSP slice for the next round from rank 0; other ranks only take note.
