@@ -96,6 +96,48 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    """Print a running selector's jobs, rounds, scorer placement and Ray dashboard URL."""
+    from .client import SelectorClient, SelectorRpcError
+    from .protocol import pb
+
+    token = Path(args.token_file).read_text().strip() if args.token_file else None
+    states = {pb.ROUND_STATE_WAITING_FOR_WEIGHTS: "waiting", pb.ROUND_STATE_SCORING: "scoring",
+              pb.ROUND_STATE_DONE: "done", pb.ROUND_STATE_FAILED: "failed"}
+    try:
+        with SelectorClient(args.address, token=token, tls_ca=args.tls_ca,
+                            timeout=args.timeout, retries=2) as client:
+            jobs = [client.get_job(args.job)] if args.job else client.list_jobs()
+    except SelectorRpcError as exc:
+        print(f"dynams: error: {exc}", file=sys.stderr)
+        return 1
+    dashboard = next((job.dashboard_url for job in jobs if job.dashboard_url), "")
+    print(f"selector:       {args.address}")
+    print(f"Ray dashboard:  {dashboard or '(not reported: no jobs, or Ray without dashboard)'}")
+    print(f"jobs:           {len(jobs)}")
+    for job in jobs:
+        spec, res = job.spec, job.spec.resources
+        print(f"\njob {spec.job_id}  ({spec.fingerprint.num_samples} samples, {spec.epochs} "
+              f"epochs, fraction trained {job.fraction_trained:.3f})")
+        print(f"  dataset:  {spec.dataset_uri}")
+        print(f"  scorers:  {res.num_scorers} x (cpus {res.num_cpus:g}, gpus {res.num_gpus:g})")
+        for r in job.rounds:
+            line = f"    round {r.round}  epoch {r.epoch}  {states.get(r.state, '?'):<8}"
+            if r.weights_version >= 0 and r.state != pb.ROUND_STATE_WAITING_FOR_WEIGHTS:
+                line += f"  weights v{r.weights_version}"
+            if r.state == pb.ROUND_STATE_DONE:
+                line += f"  selected {r.selected}  {r.seconds:.2f}s"
+            if r.error:
+                line += f"  error: {r.error}"
+            print(line)
+        if not job.scorer_status:
+            print("    (scorers start with the first weights push)")
+        for s in job.scorer_status:
+            print(f"    {s.name}  node {s.node_id}  {s.device}  rows {s.rows}  "
+                  f"inputs {s.input_bytes / 2**20:.1f} MiB")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynams", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--models", action="append", default=[], metavar="MODULE",
                        help="module whose import registers architectures (repeatable)")
     serve.set_defaults(func=_serve)
+
+    status = commands.add_parser(
+        "status", help="print a selector's jobs, rounds, scorer placement and dashboard URL")
+    status.add_argument("--address", default="127.0.0.1:50051",
+                        help="host:port of `dynams serve` (default: 127.0.0.1:50051)")
+    status.add_argument("--job", help="only this job (default: every job)")
+    status.add_argument("--token-file", help="file holding the selector's bearer token")
+    status.add_argument("--tls-ca", help="PEM CA certificate of a TLS selector")
+    status.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds per call (default: 10)")
+    status.set_defaults(func=_status)
     return parser
 
 
