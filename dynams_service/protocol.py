@@ -24,6 +24,8 @@ __all__ = [
     "PUSH_PART_BYTES",
     "MAX_PUSH_BYTES",
     "INDEX_CHUNK",
+    "MAX_WORLD_SIZE",
+    "MAX_PUSH_TENSORS",
     "spec_to_proto",
     "spec_from_proto",
     "records_to_chunks",
@@ -37,6 +39,8 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024    # the server refuses larger messages
 PUSH_PART_BYTES = 1024 * 1024          # tensor bytes per TensorPart
 MAX_PUSH_BYTES = 1024 * 1024 * 1024    # one push, all tensors together
 INDEX_CHUNK = 131072                   # indices per SelectionChunk (1 MiB)
+MAX_WORLD_SIZE = 1 << 20               # GetSelection world_size
+MAX_PUSH_TENSORS = 100_000             # distinct tensors in one push
 
 _MARGIN = {"distance": pb.MARGIN_MODE_DISTANCE, "signed": pb.MARGIN_MODE_SIGNED}
 _BALANCE = {"per_class": pb.CLASS_BALANCE_PER_CLASS, "global": pb.CLASS_BALANCE_GLOBAL}
@@ -144,7 +148,7 @@ def chunks_to_push(chunks: Iterable[pb.WeightsChunk],
     header: tuple[str, int, int] | None = None
     buffers: dict[str, bytearray] = {}
     meta: dict[str, tuple[str, tuple[int, ...]]] = {}
-    total = 0
+    total = data_bytes = 0
     for chunk in chunks:
         this = (chunk.job_id, chunk.version, chunk.epoch)
         if header is None:
@@ -167,15 +171,19 @@ def chunks_to_push(chunks: Iterable[pb.WeightsChunk],
                 raise ProtocolError(f"tensor {part.name[:80]!r}: part at offset {part.offset}, "
                                     f"expected {len(buffers[part.name])} (parts out of order "
                                     "or the tensor was sent twice)")
-            total += len(part.data)
+            # Names and shapes count too, so empty parts cannot grow memory unbounded.
+            data_bytes += len(part.data)
+            total += len(part.data) + len(part.name) + 8 * len(part.shape)
             if total > max_bytes:
                 raise ProtocolError(f"push exceeds {max_bytes} bytes")
+            if len(buffers) > MAX_PUSH_TENSORS:
+                raise ProtocolError(f"push has more than {MAX_PUSH_TENSORS} tensors")
             buffers[part.name] += part.data
     if header is None:
         raise ProtocolError("empty push: no WeightsChunk received")
     records = [TensorRecord(name, meta[name][0], meta[name][1], bytes(buf))
                for name, buf in buffers.items()]
-    return PushedWeights(header[0], header[1], header[2], records, total)
+    return PushedWeights(header[0], header[1], header[2], records, data_bytes)
 
 
 def selection_chunks(header: pb.SelectionHeader, indices: np.ndarray,

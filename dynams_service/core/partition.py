@@ -41,15 +41,11 @@ def rank_part(order: np.ndarray, rank: int, world_size: int, drop_last: bool) ->
     _check_rank(rank, world_size)
     order = np.asarray(order, dtype=np.int64)
     per_rank = rank_count(len(order), world_size, drop_last)
-    total = per_rank * world_size
-    if total > len(order):
-        if len(order) == 0:
-            raise ValueError("cannot pad an empty epoch to the ranks")
-        repeats = math.ceil((total - len(order)) / len(order))
-        order = np.concatenate([order] + [order] * repeats)[:total]
-    else:
-        order = order[:total]
-    return order[rank:total:world_size]
+    if per_rank and len(order) == 0:
+        raise ValueError("cannot pad an empty epoch to the ranks")
+    # Position p of the padded list is order[p % len(order)]; only this rank's are built.
+    positions = rank + world_size * np.arange(per_rank, dtype=np.int64)
+    return order[positions % max(1, len(order))]
 
 
 def uniform_subset(num_samples: int, size: int, seed: int, epoch: int) -> np.ndarray:

@@ -36,6 +36,7 @@ __all__ = [
     "verify_dataset",
     "verified_labels",
     "DatasetNotFound",
+    "InvalidDatasetURI",
     "FingerprintMismatch",
     "shard_groups",
     "decode_samples",
@@ -53,6 +54,10 @@ class ShardError(ValueError):
 
 class FingerprintMismatch(ShardError):
     """The dataset is not the one the trainer fingerprinted."""
+
+
+class InvalidDatasetURI(ShardError):
+    """No filesystem can open the URI (unknown scheme, NUL byte, unknown ~user, …)."""
 
 
 class DatasetNotFound(ShardError):
@@ -120,9 +125,12 @@ def fingerprint(labels: np.ndarray, num_classes: int) -> DatasetFingerprint:
 
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """pyarrow filesystem and path for a URI; plain paths are local."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+    try:
+        if "://" in uri:
+            return pafs.FileSystem.from_uri(uri)
+        return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+    except (ValueError, OSError, RuntimeError) as exc:  # ArrowInvalid is a ValueError
+        raise InvalidDatasetURI(f"dataset URI {uri!r} cannot be opened: {exc}") from None
 
 
 def _channel_stats(samples: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

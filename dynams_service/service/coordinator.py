@@ -24,6 +24,7 @@ from ..core.shards import (
     DatasetManifest,
     DatasetNotFound,
     FingerprintMismatch,
+    InvalidDatasetURI,
     ShardError,
     verified_labels,
 )
@@ -154,6 +155,8 @@ class JobCoordinator:
             manifest, labels = verified_labels(spec.dataset_uri, spec.fingerprint)
         except DatasetNotFound as exc:
             raise NotFound(str(exc)) from None
+        except InvalidDatasetURI as exc:
+            raise InvalidArgument(str(exc)) from None
         except FingerprintMismatch as exc:
             raise FailedPrecondition(str(exc)) from None
         except ShardError as exc:

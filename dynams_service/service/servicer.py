@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from ..proto.dynams.v1 import selector_pb2_grpc
 from ..protocol import (
+    MAX_WORLD_SIZE,
     ProtocolError,
     chunks_to_push,
     pb,
@@ -20,7 +21,7 @@ from ..protocol import (
     spec_to_proto,
 )
 from .coordinator import JobCoordinator, JobStatus
-from .errors import SelectorError
+from .errors import InvalidArgument, SelectorError
 
 __all__ = ["SelectorServicer"]
 
@@ -43,14 +44,14 @@ def _status_codes(method: Callable[..., T]) -> Callable[..., T]:
                 return
             yield result
         except SelectorError as exc:
-            context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+            context.abort(getattr(grpc.StatusCode, exc.code), _short(exc))
         except (ValidationError, ProtocolError) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, _short(exc))
         except grpc.RpcError:
             raise
         except Exception as exc:  # noqa: BLE001 - never leak a traceback as UNKNOWN
             log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            context.abort(grpc.StatusCode.INTERNAL, _short(f"{type(exc).__name__}: {exc}"))
 
     return wrapper
 
@@ -65,9 +66,15 @@ def _unary(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-def _short(exc: Exception, limit: int = 1000) -> str:
-    text = str(exc)
-    return text if len(text) <= limit else text[:limit] + "…"
+def _short(exc: Exception | str, limit: int = 1000) -> str:
+    """The error text, ASCII and at most ``limit`` characters.
+
+    It travels percent-encoded in a trailer, and a client drops trailers over 8 KiB
+    (RESOURCE_EXHAUSTED instead of the real status), so long or non-ASCII input echoed
+    in a message (a job id, a dataset URI) must be cut and escaped.
+    """
+    text = str(exc).encode("ascii", "backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def job_to_proto(status: JobStatus, dashboard_url: str = "") -> pb.Job:
@@ -91,8 +98,8 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
 
     @_unary
     def CreateJob(self, request: pb.CreateJobRequest, context) -> pb.Job:
-        return job_to_proto(self.coordinator.create_job(spec_from_proto(request.spec)),
-                            self.dashboard_url)
+        spec = spec_from_proto(request.spec)
+        return job_to_proto(self.coordinator.create_job(spec), self.dashboard_url)
 
     @_unary
     def GetJob(self, request: pb.GetJobRequest, context) -> pb.Job:
@@ -117,6 +124,8 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
 
     @_status_codes
     def GetSelection(self, request: pb.GetSelectionRequest, context):
+        if request.world_size > MAX_WORLD_SIZE:  # padding would allocate world_size indices
+            raise InvalidArgument(f"world_size {request.world_size} exceeds {MAX_WORLD_SIZE}")
         answer = self.coordinator.get_selection(
             request.job_id, request.epoch, request.rank, request.world_size, request.drop_last,
             timeout=context.time_remaining())
