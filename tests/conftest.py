@@ -1,15 +1,24 @@
-"""Shared fixtures: the real Fashion-MNIST files and their shards, made once per session."""
+"""Shared fixtures: real Fashion-MNIST files and shards, one real local Ray cluster per
+session, and selector servers on 127.0.0.1."""
 
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from dynams_service import build_architecture, decode_samples, read_shards
 from dynams_service.core.idx import load_idx_split
 from dynams_service.core.shards import DatasetManifest, write_shards
+
+SMALL_N = 4000  # the small shard set: the first 4000 training images, 4 shards
 
 FASHION_MNIST_DIR = Path(
     os.environ.get("DYNAMS_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
@@ -39,3 +48,68 @@ def fashion_mnist_shards(
     images, labels = fashion_mnist_train
     uri = str(tmp_path_factory.mktemp("shards") / "train")
     return uri, write_shards(uri, images[:, None], labels, rows_per_shard=8192)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """A local Ray cluster with its temp files and auth token under a private temp dir."""
+    import ray
+
+    temp = Path(tempfile.mkdtemp(prefix="dynray-", dir="/tmp"))
+    os.environ["RAY_TMPDIR"] = str(temp)
+    (temp / "auth_token").write_text(secrets.token_hex(32))
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(temp / "auth_token")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=str(temp),
+             logging_level="WARNING")
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def small_shards(tmp_path_factory, fashion_mnist_train) -> tuple[str, DatasetManifest]:
+    """The first 4000 Fashion-MNIST training images as 4 shards of 1000."""
+    images, labels = fashion_mnist_train
+    uri = str(tmp_path_factory.mktemp("small") / "train")
+    manifest = write_shards(uri, images[:SMALL_N, None], labels[:SMALL_N], num_classes=10,
+                            rows_per_shard=1000)
+    return uri, manifest
+
+
+@pytest.fixture(scope="session")
+def trained_model(small_shards):
+    """The fmnist CNN trained one epoch on the small shards with the joint PSP loss."""
+    uri, manifest = small_shards
+    rows = read_shards(uri, manifest=manifest)
+    x, y = decode_samples(rows.samples, manifest), torch.from_numpy(rows.labels)
+    torch.manual_seed(0)
+    model = build_architecture("fmnist-cnn").train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    for start in range(0, len(x), 128):
+        batch = perm[start:start + 128]
+        loss = (torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+                + torch.nn.functional.cross_entropy(model(x[batch], 0.25), y[batch]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture()
+def server_factory(ray_cluster, tmp_path):
+    """Start selector servers on 127.0.0.1 (free port); all are stopped at teardown."""
+    from dynams_service.service.server import SelectorServer
+
+    servers = []
+
+    def start(state_dir: Path | None = None, address: str = "127.0.0.1:0",
+              **kwargs) -> SelectorServer:
+        server = SelectorServer(address, state_dir=state_dir or tmp_path / "state",
+                                **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(grace=0)

@@ -40,8 +40,9 @@ from dynams_service.protocol import (
     spec_to_proto,
 )
 from dynams_service.service.server import SelectorServer
+from tests.conftest import SMALL_N
 
-from .conftest import SMALL_N, make_spec
+from .conftest import make_spec
 
 C = grpc.StatusCode
 NEVER = {C.UNKNOWN, C.INTERNAL, C.UNAVAILABLE}
