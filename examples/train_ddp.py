@@ -59,6 +59,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--staleness", choices=["sync", "pipelined"], default="pipelined")
     p.add_argument("--width", type=float, default=0.25, help="PSP width α")
     p.add_argument("--lam", type=float, default=1.0, help="weight λ of the PSP loss")
+    p.add_argument("--psp-batch-fraction", type=float, default=1.0,
+                   help="train the PSP on this leading fraction of each batch (cheaper)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=128, help="per rank")
     p.add_argument("--lr", type=float, default=0.05)
@@ -158,7 +160,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     model = SlimCNN(num_classes=manifest.fingerprint.num_classes,
                     widths=(1.0, args.width)).to(device)
-    joint = JointPSP(model, args.width)
+    joint = JointPSP(model, args.width, batch_fraction=args.psp_batch_fraction)
     ddp = DistributedDataParallel(joint) if distributed else joint
 
     if args.full:
