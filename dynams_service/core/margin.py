@@ -77,7 +77,10 @@ def margins(
         anchor = logits.argmax(dim=1)
 
     # ‖w_j − w_k‖ for every class pair, computed once: (C, C).
-    pair_norms = torch.cdist(w.unsqueeze(0), w.unsqueeze(0)).squeeze(0)
+    # Exact pairwise distances: cdist's matmul shortcut (used above 25 rows) is imprecise
+    # and gives identical rows a nonzero distance.
+    pair_norms = torch.cdist(w.unsqueeze(0), w.unsqueeze(0),
+                             compute_mode="donot_use_mm_for_euclid_dist").squeeze(0)
     gaps = logits.gather(1, anchor.unsqueeze(1)) - logits  # (N, C): logit_anchor − logit_k
     if mode == "distance":
         gaps = gaps.abs()

@@ -12,11 +12,12 @@ __all__ = ["score"]
 
 def score(model: SlimmableModel, inputs: torch.Tensor, labels: torch.Tensor | None = None, *,
           width: float = 1.0, mode: MarginMode = "distance",
-          batch_size: int = 1024) -> torch.Tensor:
+          batch_size: int = 256) -> torch.Tensor:
     """Margins ``(N,)`` float32 of ``model`` at ``width`` over ``inputs``, in batches.
 
     Runs in eval mode under ``torch.inference_mode()`` on the model's device and restores
     the model's training flag afterwards. ``labels`` are needed for ``mode="signed"``.
+    The default batch of 256 was 1.3–1.8× faster than 1024 on CPU (memory-bound).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -103,6 +103,17 @@ def test_identical_weight_rows_have_no_boundary():
     assert math.isfinite(got.item())
 
 
+def test_many_classes_with_identical_rows_stay_exact():
+    # Regression: above 25 classes cdist's matmul path gave identical rows a distance > 0.
+    g = torch.Generator().manual_seed(9)
+    w = torch.randn(100, 32, generator=g)
+    w[7] = w[3]
+    b = torch.randn(100, generator=g)
+    z = torch.randn(50, 32, generator=g)
+    torch.testing.assert_close(margins(z, w, b).double(), reference_margins(z, w, b),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_no_bias_equals_zero_bias():
     g = torch.Generator().manual_seed(5)
     z, w = torch.randn(10, 4, generator=g), torch.randn(3, 4, generator=g)
