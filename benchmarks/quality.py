@@ -47,8 +47,10 @@ from typing import Any
 
 # On a shared CPU, OpenMP's default busy-waiting makes every torch op wait on preempted
 # spinning threads (measured here: 2-thread steps 3-5x slower under load); passive waits
-# keep steps near their unloaded time. Must be set before torch loads its OpenMP runtime.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# keep steps near their unloaded time. Must be set before torch loads its OpenMP runtime
+# (only when run as a script, so importing this module changes no one else's environment).
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -197,6 +199,8 @@ class RunConfig:
     infobatch_prune: float = 0.5
     infobatch_anneal: float = 0.125
     subset_ratio: float | None = None  # overrides ratio for the plan (compute-matched)
+    score_batch_size: int | None = None  # None: dms.score's default
+    eval_every: int = 1  # test accuracy every N epochs (and always after the last)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -219,7 +223,7 @@ def _steps(size: int, batch_size: int) -> int:
 
 @torch.inference_mode()
 def evaluate(model: dms.SlimmableModel, x: torch.Tensor, y: torch.Tensor,
-             batch_size: int = 1024) -> float:
+             batch_size: int = 256) -> float:
     """Top-1 accuracy of the full-width model in eval mode (training flag restored)."""
     was_training = model.training
     model.eval()
@@ -232,15 +236,17 @@ def evaluate(model: dms.SlimmableModel, x: torch.Tensor, y: torch.Tensor,
 
 
 def _margin_scores(model: dms.SlimmableModel, spec: MethodSpec, x: torch.Tensor,
-                   y: torch.Tensor) -> torch.Tensor:
+                   y: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Margins of every training sample: the PSP proxy (rebuilt from exported raw tensors,
-    as the selector would) for ``dynams-psp``, else the full model at width 1.0."""
+    as the selector would) for ``dynams-psp``, else the full model at width 1.0.
+    ``batch_size`` None keeps ``score``'s own default (what the service would run)."""
+    kwargs = {} if batch_size is None else {"batch_size": batch_size}
     if spec.kind == "dynams-psp":
         assert spec.psp_width is not None
         proxy = dms.build_proxy(ARCHITECTURE, spec.psp_width,
                                 dms.export_psp(model, spec.psp_width))
-        return dms.score(proxy, x, y, mode=spec.margin_mode)
-    return dms.score(model, x, y, width=1.0, mode=spec.margin_mode)
+        return dms.score(proxy, x, y, mode=spec.margin_mode, **kwargs)
+    return dms.score(model, x, y, width=1.0, mode=spec.margin_mode, **kwargs)
 
 
 def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
@@ -275,6 +281,7 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
     accs: list[float] = []
     losses: list[float] = []
     step_times: list[float] = []
+    eval_epochs: list[int] = []
     select_times: list[float] = []
     static_keep: torch.Tensor | None = None
     keep: torch.Tensor | None = None
@@ -291,12 +298,13 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
             keep = keep.sort().values
         elif spec.kind == "static-margin":
             if static_keep is None:
-                m = _margin_scores(model, spec, data.x_train, data.y_train)
+                m = _margin_scores(model, spec, data.x_train, data.y_train,
+                                   cfg.score_batch_size)
                 static_keep = dms.select(m, data.y_train, round_ratios[ep.round],
                                          per_class=spec.class_balance == "per_class")
             keep = static_keep
         elif ep.kind is dms.EpochKind.SELECT:
-            m = _margin_scores(model, spec, data.x_train, data.y_train)
+            m = _margin_scores(model, spec, data.x_train, data.y_train, cfg.score_batch_size)
             keep = dms.select(m, data.y_train, round_ratios[ep.round],
                               per_class=spec.class_balance == "per_class")
         # REUSE: keep the previous round's selection
@@ -344,10 +352,13 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
         train_cpu += time.process_time() - c0
         sizes.append(len(order))
         losses.append(loss_sum / max(len(order), 1))
-        accs.append(evaluate(model, data.x_test, data.y_test))
+        if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1:
+            accs.append(evaluate(model, data.x_test, data.y_test))
+            eval_epochs.append(epoch + 1)
         if log:
+            acc = f" acc={accs[-1]:.4f}" if eval_epochs[-1:] == [epoch + 1] else ""
             print(f"  [{spec.name} r={cfg.ratio} seed={cfg.seed}] epoch {epoch + 1}/{cfg.epochs}"
-                  f" n={len(order)} loss={losses[-1]:.4f} acc={accs[-1]:.4f}"
+                  f" n={len(order)} loss={losses[-1]:.4f}{acc}"
                   f" train={train_seconds:.1f}s score={scoring_seconds:.1f}s", flush=True)
 
     sample_iterations = sum(sizes)
@@ -365,6 +376,7 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
         "final_accuracy": accs[-1],
         "best_accuracy": max(accs),
         "accuracy_per_epoch": accs,
+        "accuracy_epochs": eval_epochs,
         "train_loss_per_epoch": losses,
         "fraction_trained": sample_iterations / (n * cfg.epochs),
         "planned_fraction": plan.fraction_trained,
@@ -394,6 +406,7 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
             else "cosine over epoch progress",
             **({"infobatch_prune": cfg.infobatch_prune, "infobatch_anneal_from": anneal_from}
                if spec.kind == "infobatch" else {}),
+            "score_batch_size": cfg.score_batch_size or "score() default",
             **cfg.extra,
         },
         "torch_threads": torch.get_num_threads(),
@@ -496,7 +509,7 @@ def summarise(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
     def order(k: tuple) -> tuple:
         ms, ep, ratio, method = k
-        return (ms or 10**9, ep, -1 if ratio is None else ratio, _method_rank(method))
+        return (ms or 10**9, ep, 0.99 if ratio is None else ratio, _method_rank(method))
 
     rows = []
     for key in sorted(groups, key=order):
@@ -551,12 +564,38 @@ def write_markdown(out: Path, records: Sequence[dict[str, Any]],
                 f"{r['fraction_trained']:.3f} | {r['train_seconds']:.1f} | "
                 f"{r['scoring_seconds']:.1f} | {r['total_compute_seconds']:.1f} | "
                 f"{r['total_compute_cpu_seconds']:.1f} |")
-        lines.append("")
+        lines += ["", *_paired_lines([r for r in records if r.get("max_samples") == ms
+                                      and r["epochs"] == ep]), ""]
     if psp_cost:
         lines += ["## PSP cost", ""]
         for measurement in psp_cost.values():
             lines += [*psp_cost_lines(measurement), ""]
     _atomic_write(out / "quality.md", "\n".join(lines))
+
+
+def _paired_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Per-seed differences in final accuracy against ``uniform`` at the same ratio and
+    against ``full``: same seed means same init and warm-up, so pairs cancel seed noise."""
+    by_key = {(r["method"], r["ratio"], r["seed"]): r for r in records}
+    lines = ["Paired by seed (final accuracy, points; mean ± std of per-seed differences):", "",
+             "| method | ratio | vs uniform | vs full | seeds |", "|---|---|---|---|---|"]
+    methods = sorted({(r["method"], r["ratio"]) for r in records
+                      if r["method"] not in ("full", "uniform")},
+                     key=lambda m: (m[1] if m[1] is not None else 0.99, _method_rank(m[0])))
+    for method, ratio in methods:
+        runs = [r for r in records if r["method"] == method and r["ratio"] == ratio]
+        cells = []
+        for ref, ref_ratio in (("uniform", ratio), ("full", 1.0)):
+            diffs = [100 * (r["final_accuracy"] - by_key[(ref, ref_ratio, r["seed"])][
+                "final_accuracy"]) for r in runs if (ref, ref_ratio, r["seed"]) in by_key]
+            if diffs:
+                mean, std = _mean_std(diffs)
+                cells.append(f"{mean:+.2f} ± {std:.2f} (n={len(diffs)})")
+            else:
+                cells.append("—")
+        ratio_text = "—" if ratio is None else f"{ratio:g}"
+        lines.append(f"| {method} | {ratio_text} | {cells[0]} | {cells[1]} | {len(runs)} |")
+    return lines
 
 
 def write_plots(out: Path, records: Sequence[dict[str, Any]], max_samples: int | None,
@@ -770,12 +809,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--infobatch-prune", type=float, default=0.5,
                    help="fraction of below-mean-loss samples InfoBatch drops each epoch")
     p.add_argument("--threads", type=int, default=2, help="torch threads (at most 2 here)")
+    p.add_argument("--eval-every", type=int, default=1,
+                   help="test accuracy every N epochs (always after the last)")
+    p.add_argument("--score-batch-size", type=int, default=None,
+                   help="batch size for margin scoring (default: dms.score's default)")
     p.add_argument("--force", action="store_true", help="rerun keys already in quality.json")
     p.add_argument("--psp-cost", action="store_true",
                    help="measure the PSP step and scoring cost (psp_cost.json) and exit")
     p.add_argument("--psp-steps", type=int, default=60)
+    p.add_argument("--report", action="store_true",
+                   help="only rebuild quality.md and the plots from the stored results")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 2k train, 1k test, 3 epochs, 1 seed, "
+                   help="smoke run: 1k train, 1k test, 3 epochs, 1 seed, "
                         f"{QUICK_METHODS}, plus a tiny PSP cost measurement")
     return p
 
@@ -809,7 +854,9 @@ def run_quality(args: argparse.Namespace, data: Data) -> list[dict[str, Any]]:
                     continue
                 cfg = RunConfig(method=spec, ratio=run_ratio, seed=seed, epochs=args.epochs,
                                 max_samples=args.max_samples, batch_size=args.batch_size,
-                                lr=args.lr, infobatch_prune=args.infobatch_prune)
+                                lr=args.lr, infobatch_prune=args.infobatch_prune,
+                                score_batch_size=args.score_batch_size,
+                                eval_every=args.eval_every)
                 if spec.kind == "uniform-compute-matched":
                     matched = compute_matched_ratio(records, ratio, args.epochs,
                                                     args.max_samples, data.num_train)
@@ -827,8 +874,9 @@ def run_quality(args: argparse.Namespace, data: Data) -> list[dict[str, Any]]:
                       f"fraction {record['fraction_trained']:.3f} train "
                       f"{record['train_seconds']:.1f}s scoring {record['scoring_seconds']:.1f}s",
                       flush=True)
-                write_markdown(args.out, records, _load_psp_cost(args.out))
-                write_plots(args.out, records, args.max_samples, args.epochs)
+                if not args.quick:  # long sweeps: keep the table and plots current
+                    write_markdown(args.out, records, _load_psp_cost(args.out))
+                    write_plots(args.out, records, args.max_samples, args.epochs)
     return records
 
 
@@ -841,7 +889,7 @@ def _load_psp_cost(out: Path) -> dict[str, Any] | None:
 def main(argv: Iterable[str] | None = None) -> int:
     args = build_parser().parse_args(None if argv is None else list(argv))
     if args.quick:
-        args.max_samples = args.max_samples or 2000
+        args.max_samples = args.max_samples or 1000
         args.max_test = args.max_test or 1000
         args.epochs = 3 if args.epochs == 10 else args.epochs
         args.seeds = "1" if args.seeds == "3" else args.seeds
@@ -850,6 +898,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     torch.set_num_threads(max(1, min(args.threads, 2)))
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    if args.report:
+        records = load_results(args.out)
+        write_markdown(args.out, records, _load_psp_cost(args.out))
+        write_plots(args.out, records, args.max_samples, args.epochs)
+        return 0
     if args.psp_cost or args.quick:
         data = load_data(args.data_dir, args.max_samples, 1)
         cost = measure_psp_cost(data, args.psp_steps, args.batch_size, seed=0,

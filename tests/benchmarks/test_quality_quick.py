@@ -1,0 +1,144 @@
+"""Smoke test of benchmarks/quality.py: a --quick run writes consistent results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "quality.py"
+REQUIRED = ("method", "ratio", "seed", "epochs", "final_accuracy", "best_accuracy",
+            "fraction_trained", "wall_seconds", "train_seconds", "scoring_seconds",
+            "total_compute_seconds")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory, fashion_mnist_dir: Path) -> Path:
+    """Run ``quality.py --quick`` once into a temporary --out and return that directory."""
+    out = tmp_path_factory.mktemp("quality")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(out),
+         "--data-dir", str(fashion_mnist_dir)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, f"quality.py --quick failed:\n{proc.stdout}\n{proc.stderr}"
+    return out
+
+
+def test_writes_json_markdown_and_plots(quick_run: Path) -> None:
+    for name in ("quality.json", "quality.md", "psp_cost.json",
+                 "quality_accuracy_vs_fraction.png", "quality_accuracy_vs_compute.png"):
+        path = quick_run / name
+        assert path.is_file() and path.stat().st_size > 0, name
+    assert (quick_run / "quality_accuracy_vs_fraction.png").read_bytes()[:4] == b"\x89PNG"
+    md = (quick_run / "quality.md").read_text()
+    assert "| method | ratio |" in md and "dynams-psp-0.25" in md and "±" in md
+
+
+def test_records_are_complete_and_consistent(quick_run: Path) -> None:
+    records = json.loads((quick_run / "quality.json").read_text())
+    by_method = {r["method"]: r for r in records}
+    assert {"full", "uniform", "infobatch", "dynams-full-proxy", "dynams-psp-0.25",
+            "uniform-compute-matched"} <= set(by_method)
+    for r in records:
+        missing = [k for k in REQUIRED if k not in r]
+        assert not missing, (r["method"], missing)
+        assert 0.0 <= r["final_accuracy"] <= 1.0 and 0.0 <= r["best_accuracy"] <= 1.0
+        assert r["best_accuracy"] >= r["final_accuracy"]
+        assert 0.0 < r["fraction_trained"] <= 1.0
+        assert r["total_compute_seconds"] == pytest.approx(
+            r["train_seconds"] + r["scoring_seconds"])
+        assert r["wall_seconds"] >= r["total_compute_seconds"]
+        assert r["epochs"] == 3
+
+    assert by_method["full"]["fraction_trained"] == 1.0
+    assert by_method["full"]["final_accuracy"] > 0.1  # above chance on 10 classes
+    # 1 warm-up epoch on all data, then 2 epochs at r = 0.3: (1 + 0.3 + 0.3) / 3.
+    for method in ("uniform", "dynams-full-proxy", "dynams-psp-0.25"):
+        r = by_method[method]
+        assert r["ratio"] == 0.3
+        assert r["fraction_trained"] == pytest.approx((1 + 0.3 + 0.3) / 3, abs=1e-3)
+        assert r["epoch_sizes"] == [r["num_train"], 300, 300]
+    # Same plan, same optimizer steps for every subset method at the ratio.
+    assert by_method["uniform"]["optimizer_steps"] == by_method["dynams-psp-0.25"][
+        "optimizer_steps"] == by_method["dynams-full-proxy"]["optimizer_steps"]
+    # Scoring is only spent by methods that score.
+    assert by_method["dynams-psp-0.25"]["scoring_seconds"] > 0
+    assert by_method["full"]["scoring_seconds"] < 0.05
+    # InfoBatch trains on full data in its first and (annealed) last epoch.
+    ib = by_method["infobatch"]
+    assert ib["epoch_sizes"][0] == ib["epoch_sizes"][-1] == ib["num_train"] == 1000
+    assert ib["fraction_trained"] == pytest.approx(sum(ib["epoch_sizes"]) / (3 * 1000))
+    # The compute-matched baseline runs uniform at a ratio derived from measured cost.
+    cm = by_method["uniform-compute-matched"]
+    assert 0.0 < cm["subset_ratio"] <= 1.0
+    assert cm["config"]["matched_to"] == "dynams-psp-0.25"
+
+
+def test_psp_cost_is_reported(quick_run: Path) -> None:
+    costs = json.loads((quick_run / "psp_cost.json").read_text())
+    (cost,) = costs.values()
+    for key in ("plain", "joint-0.25", "joint-0.5"):
+        assert cost["step_ms_median"][key] > 0
+    assert cost["score_proxy_0.25_seconds"] > 0
+    assert set(cost["joint_overhead_pct"]) == {"0.25", "0.5"}
+
+
+def _load_quality():
+    """Import benchmarks/quality.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quality_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_method_names_parse_into_knobs() -> None:
+    q = _load_quality()
+    spec = q.parse_method("dynams-psp-0.25-signed-int2-warm3-lam0.5")
+    assert (spec.kind, spec.psp_width, spec.margin_mode, spec.interval_epochs,
+            spec.warmup_epochs, spec.lam) == ("dynams-psp", 0.25, "signed", 2, 3, 0.5)
+    assert q.parse_method("uniform-compute-matched").kind == "uniform-compute-matched"
+    assert q.parse_method("uniform-psp-0.5").psp_width == 0.5
+    assert q.parse_method("dynams-full-proxy-global").class_balance == "global"
+    for bad in ("dynams", "dynams-psp", "dynams-psp-0.3", "uniform-signed", "full-bogus"):
+        with pytest.raises(ValueError):
+            q.parse_method(bad)
+
+
+def test_infobatch_prunes_only_below_mean_losses() -> None:
+    import torch
+
+    q = _load_quality()
+    cfg = q.RunConfig(method=q.parse_method("infobatch"), ratio=None, seed=0, epochs=8,
+                      max_samples=None, infobatch_prune=0.5)
+    loss = torch.cat([torch.full((500,), 0.1), torch.full((500,), 2.0)])
+    keep, weights = q._infobatch_subset(loss, cfg, epoch=1, anneal_from=7)
+    assert set(range(500, 1000)) <= set(keep.tolist())  # high-loss samples all kept
+    assert 150 < 1000 - len(keep) < 350  # about half of the 500 low-loss ones dropped
+    assert torch.all(weights[keep < 500] == 2.0) and torch.all(weights[keep >= 500] == 1.0)
+    full, _ = q._infobatch_subset(loss, cfg, epoch=7, anneal_from=7)
+    assert len(full) == 1000
+
+
+def test_compute_matched_ratio_from_cpu_seconds() -> None:
+    q = _load_quality()
+    common = {"ratio": 0.3, "epochs": 10, "max_samples": 1000}
+    records = [
+        {**common, "method": "uniform", "train_cpu_seconds": 37.0, "sample_iterations": 3700},
+        {**common, "method": "dynams-psp-0.25", "total_compute_cpu_seconds": 46.0},
+    ]
+    ratio, info = q.compute_matched_ratio(records, 0.3, 10, 1000, num_train=1000)
+    # 46 s at 0.01 s per sample-iteration = 4600 iterations = 1 full epoch + 9 × 400.
+    assert ratio == pytest.approx(0.4)
+    assert info["matched_to"] == "dynams-psp-0.25"
+    assert q.compute_matched_ratio(records[:1], 0.3, 10, 1000, num_train=1000) is None
