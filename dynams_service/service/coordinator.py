@@ -289,7 +289,15 @@ class JobCoordinator:
         with self._lock:
             job.rounds[round_] = result
             job.scoring.pop(round_, None)
+            finished = len(job.rounds) == len(job.plan.select_epochs)
+            pool, job.pool = (job.pool, None) if finished else (None, job.pool)
             self._changed.notify_all()
+        if pool is not None:
+            # Every round is selected: give the scorers' CPUs/GPUs back to the cluster
+            # (a re-push for a done round needs none; a restored job starts them lazily).
+            pool.shutdown()
+            log.info("job %s: all %d rounds selected, scorers released", job.spec.job_id,
+                     len(job.rounds))
         per_class = np.bincount(job.labels[chosen], minlength=job.manifest.fingerprint.num_classes)
         self.metrics.round_done(job.spec.job_id, job.plan.num_samples, scored.seconds,
                                 result.seconds)

@@ -75,6 +75,7 @@ def test_two_ranks_train_on_the_selectors_canonical_list(server_factory, shard_r
     job = client.get_job("ddp-job")
     pushed = {int(e): v for e, v in info[0]["pushed"].items()}
     assert sorted(pushed) == [1, 2, 3]
+    assert list(job.scorers) == []  # every round selected: the scorers were released
     for r in job.rounds:
         assert r.state == pb.ROUND_STATE_DONE
         assert r.weights_version == pushed[r.epoch]  # scored with what rank 0 pushed

@@ -120,14 +120,14 @@ def _actors(address: str, names: Sequence[str]) -> list[dict[str, Any]]:
 
 def _spec(manifest, uri: str, job_id: str, scorers: int, rounds: int, batch_size: int,
           gpus: float = 0.0):
-    """A job whose epochs 1..rounds each start a selection round (r = 0.3, per class)."""
+    """A job whose epochs 1..rounds+1 each start a round (r = 0.3, per class); one is spare."""
     from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy
 
     return JobSpec(job_id=job_id, dataset_uri=uri, fingerprint=manifest.fingerprint,
                    proxy=ProxySpec(architecture=ARCHITECTURE, width=PSP_WIDTH),
                    policy=SelectionPolicy(ratio=0.3, warmup_epochs=1, interval_epochs=1,
                                           seed=7),
-                   epochs=rounds + 1,
+                   epochs=rounds + 2,  # a spare round keeps scorers up for the readings
                    resources=ScorerResources(num_scorers=scorers, num_cpus=1, num_gpus=gpus,
                                              batch_size=batch_size))
 
