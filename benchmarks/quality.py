@@ -24,14 +24,18 @@ resumes where it stopped. ``quality.md`` and the PNG plots are rebuilt after eve
 Method names: ``full``, ``uniform``, ``static-margin``, ``infobatch``, ``dynams-full-proxy``,
 ``dynams-psp-<α>``, ``uniform-psp-<α>``, ``uniform-compute-matched``; knob suffixes make
 ablations: ``-signed``, ``-global``, ``-int<N>`` (interval), ``-warm<N>`` (warm-up),
-``-power`` (power ratio schedule), ``-lam<λ>`` (PSP loss weight), e.g.
+``-power`` (power ratio schedule), ``-lam<λ>`` (PSP loss weight), ``-bf<f>`` (PSP loss on
+the first f of each batch), ``-distill`` (PSP distilled from the full model's outputs),
+``-pipe`` (pipelined staleness: margins from weights a quarter epoch old), e.g.
 ``dynams-psp-0.25-signed`` or ``uniform-warm3``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -57,12 +61,14 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import dynams_service as dms  # noqa: E402
+from dynams_service.client.psp import JointPSP, psp_loss  # noqa: E402
 
 ARCHITECTURE = "fmnist-cnn"
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 MEAN, STD = 0.2860, 0.3530
 NUM_CLASSES = 10
+PIPE_LEAD = 0.25  # pipelined runs snapshot the weights this fraction of an epoch early
 MAIN_METHODS = (
     "full", "uniform", "static-margin", "infobatch", "dynams-full-proxy", "dynams-psp-0.25",
     "uniform-psp-0.25", "uniform-compute-matched",
@@ -73,7 +79,9 @@ ABLATION_METHODS = (
     "dynams-psp-0.25-signed", "dynams-psp-0.25-global", "dynams-psp-0.25-int2",
     "dynams-psp-0.25-int5", "dynams-psp-0.25-warm0", "dynams-psp-0.25-warm3",
     "dynams-psp-0.25-power", "dynams-psp-0.5", "dynams-psp-0.25-lam0.5",
-    "dynams-psp-0.25-lam2", "uniform-warm0", "uniform-warm3",
+    "dynams-psp-0.25-lam2", "dynams-psp-0.25-bf0.5", "dynams-psp-0.25-distill",
+    "dynams-psp-0.25-pipe", "uniform-psp-0.25-lam0.5", "uniform-psp-0.25-bf0.5",
+    "uniform-warm0", "uniform-warm3",
 )
 BASE_KINDS = ("full", "uniform", "static-margin", "infobatch", "dynams-full-proxy",
               "dynams-psp", "uniform-psp", "uniform-compute-matched")
@@ -130,6 +138,9 @@ class MethodSpec:
     interval_epochs: int = 1
     warmup_epochs: int = 1
     ratio_schedule: str = "constant"
+    psp_batch_fraction: float = 1.0  # share of each batch the PSP loss sees
+    distill: bool = False  # PSP learns the full model's softened outputs instead of labels
+    staleness: str = "sync"  # "pipelined": score weights snapshotted PIPE_LEAD epochs early
 
     @property
     def selects_by_margin(self) -> bool:
@@ -140,7 +151,7 @@ class MethodSpec:
         return dms.SelectionPolicy(
             ratio=ratio, warmup_epochs=self.warmup_epochs, interval_epochs=self.interval_epochs,
             margin_mode=self.margin_mode, class_balance=self.class_balance,
-            ratio_schedule=self.ratio_schedule, seed=seed,
+            ratio_schedule=self.ratio_schedule, seed=seed, staleness=self.staleness,
         )
 
 
@@ -172,8 +183,19 @@ def parse_method(name: str, default_lam: float = 1.0) -> MethodSpec:
             fields["warmup_epochs"] = int(token[4:])
         elif token.startswith("lam"):
             fields["lam"] = float(token[3:])
+        elif token.startswith("bf"):
+            fields["psp_batch_fraction"] = float(token[2:])
+        elif token == "distill":
+            fields["distill"] = True
+        elif token == "pipe":
+            fields["staleness"] = "pipelined"
         else:
             raise ValueError(f"{name!r}: unknown knob suffix {token!r}")
+    if ("psp_batch_fraction" in fields or "distill" in fields) and "psp_width" not in fields:
+        raise ValueError(f"{name!r}: -bf and -distill only apply to PSP methods")
+    if fields.get("staleness") == "pipelined" and base not in ("dynams-full-proxy",
+                                                               "dynams-psp"):
+        raise ValueError(f"{name!r}: -pipe only applies to dynamic margin methods")
     if fields.get("margin_mode") == "signed" and base not in ("dynams-full-proxy", "dynams-psp",
                                                               "static-margin"):
         raise ValueError(f"{name!r}: -signed only applies to margin-based methods")
@@ -235,18 +257,23 @@ def evaluate(model: dms.SlimmableModel, x: torch.Tensor, y: torch.Tensor,
     return correct / max(len(x), 1)
 
 
-def _margin_scores(model: dms.SlimmableModel, spec: MethodSpec, x: torch.Tensor,
-                   y: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """Margins of every training sample: the PSP proxy (rebuilt from exported raw tensors,
-    as the selector would) for ``dynams-psp``, else the full model at width 1.0.
-    ``batch_size`` None keeps ``score``'s own default (what the service would run)."""
-    kwargs = {} if batch_size is None else {"batch_size": batch_size}
+def _scorer(model: dms.SlimmableModel, spec: MethodSpec,
+            snapshot: bool = False) -> dms.SlimmableModel:
+    """What scores margins: for ``dynams-psp`` the PSP proxy rebuilt from exported raw
+    tensors (as the selector would), else the full model (a frozen copy if ``snapshot``)."""
     if spec.kind == "dynams-psp":
         assert spec.psp_width is not None
-        proxy = dms.build_proxy(ARCHITECTURE, spec.psp_width,
-                                dms.export_psp(model, spec.psp_width))
-        return dms.score(proxy, x, y, mode=spec.margin_mode, **kwargs)
-    return dms.score(model, x, y, width=1.0, mode=spec.margin_mode, **kwargs)
+        return dms.build_proxy(ARCHITECTURE, spec.psp_width,
+                               dms.export_psp(model, spec.psp_width))
+    return copy.deepcopy(model) if snapshot else model
+
+
+def _margin_scores(scorer: dms.SlimmableModel, spec: MethodSpec, x: torch.Tensor,
+                   y: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Margins of every training sample under ``scorer`` at its full width.
+    ``batch_size`` None keeps ``score``'s own default (what the service would run)."""
+    kwargs = {} if batch_size is None else {"batch_size": batch_size}
+    return dms.score(scorer, x, y, width=1.0, mode=spec.margin_mode, **kwargs)
 
 
 def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
@@ -283,8 +310,12 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
     step_times: list[float] = []
     eval_epochs: list[int] = []
     select_times: list[float] = []
+    digests: list[str] = []  # of each selection round's indices (compare runs' choices)
     static_keep: torch.Tensor | None = None
     keep: torch.Tensor | None = None
+    snapshot: dms.SlimmableModel | None = None  # pipelined: the weights the next round scores
+    joint = (None if spec.psp_width is None
+             else JointPSP(model, spec.psp_width, batch_fraction=spec.psp_batch_fraction))
     for epoch, ep in enumerate(plan.epochs):
         # --- choose this epoch's samples (counted as scoring/selection time) ---
         t0, c0 = time.perf_counter(), time.process_time()
@@ -298,13 +329,15 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
             keep = keep.sort().values
         elif spec.kind == "static-margin":
             if static_keep is None:
-                m = _margin_scores(model, spec, data.x_train, data.y_train,
+                m = _margin_scores(_scorer(model, spec), spec, data.x_train, data.y_train,
                                    cfg.score_batch_size)
                 static_keep = dms.select(m, data.y_train, round_ratios[ep.round],
                                          per_class=spec.class_balance == "per_class")
             keep = static_keep
         elif ep.kind is dms.EpochKind.SELECT:
-            m = _margin_scores(model, spec, data.x_train, data.y_train, cfg.score_batch_size)
+            scorer = snapshot if snapshot is not None else _scorer(model, spec)
+            snapshot = None
+            m = _margin_scores(scorer, spec, data.x_train, data.y_train, cfg.score_batch_size)
             keep = dms.select(m, data.y_train, round_ratios[ep.round],
                               per_class=spec.class_balance == "per_class")
         # REUSE: keep the previous round's selection
@@ -313,6 +346,8 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
             raise RuntimeError(f"{spec.name} epoch {epoch}: {len(keep)} samples, plan {ep.size}")
         if spec.kind != "infobatch" and ep.kind is not dms.EpochKind.FULL:
             select_times.append(time.perf_counter() - t0)
+        if ep.kind is dms.EpochKind.SELECT and spec.kind != "infobatch":
+            digests.append(hashlib.sha256(keep.numpy().astype("<i8").tobytes()).hexdigest()[:16])
         scoring_seconds += time.perf_counter() - t0
         scoring_cpu += time.process_time() - c0
 
@@ -322,8 +357,19 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
         order = keep[perm]
         w_order = None if weights is None else weights[perm]
         epoch_steps = _steps(len(order), cfg.batch_size)
+        # pipelined: snapshot the weights PIPE_LEAD of an epoch before a selection round
+        snapshot_at = None
+        if (spec.staleness == "pipelined" and epoch + 1 < len(plan.epochs)
+                and plan.epochs[epoch + 1].kind is dms.EpochKind.SELECT):
+            snapshot_at = math.floor((1 - PIPE_LEAD) * epoch_steps)
+        snapshot_seconds = snapshot_cpu = 0.0
         loss_sum = 0.0
         for b in range(epoch_steps):
+            if b == snapshot_at:
+                ts, cs = time.perf_counter(), time.process_time()
+                snapshot = _scorer(model, spec, snapshot=True)
+                snapshot_seconds += time.perf_counter() - ts
+                snapshot_cpu += time.process_time() - cs
             t_step = time.perf_counter()
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             if spec.kind == "infobatch":
@@ -334,22 +380,27 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
             for group in opt.param_groups:
                 group["lr"] = lr
             x, y = data.x_train[idx], data.y_train[idx]
-            per_sample = F.cross_entropy(model(x), y, reduction="none")
-            if w_order is not None:
-                prev_loss[idx] = per_sample.detach()
-                loss = (per_sample * w_order[b * cfg.batch_size:(b + 1) * cfg.batch_size]).mean()
+            if joint is not None:  # the trainer-side helper users train with
+                logits, psp_logits = joint(x)
+                loss = psp_loss(logits, psp_logits, y, lam=spec.lam, distill=spec.distill)
             else:
-                loss = per_sample.mean()
-            if spec.psp_width is not None:
-                loss = loss + spec.lam * F.cross_entropy(model(x, width=spec.psp_width), y)
+                per_sample = F.cross_entropy(model(x), y, reduction="none")
+                if w_order is not None:
+                    prev_loss[idx] = per_sample.detach()
+                    loss = (per_sample
+                            * w_order[b * cfg.batch_size:(b + 1) * cfg.batch_size]).mean()
+                else:
+                    loss = per_sample.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             loss_sum += float(loss.detach()) * len(idx)
             step += 1
             step_times.append(time.perf_counter() - t_step)
-        train_seconds += time.perf_counter() - t0
-        train_cpu += time.process_time() - c0
+        train_seconds += time.perf_counter() - t0 - snapshot_seconds
+        train_cpu += time.process_time() - c0 - snapshot_cpu
+        scoring_seconds += snapshot_seconds
+        scoring_cpu += snapshot_cpu
         sizes.append(len(order))
         losses.append(loss_sum / max(len(order), 1))
         if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1:
@@ -396,11 +447,15 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
         "scoring_cpu_seconds": scoring_cpu,
         "total_compute_cpu_seconds": train_cpu + scoring_cpu,
         "selection_seconds_each": select_times,
+        "selection_digests": digests,
         "config": {
             "kind": spec.kind, "psp_width": spec.psp_width, "lam": spec.lam,
             "margin_mode": spec.margin_mode, "class_balance": spec.class_balance,
             "interval_epochs": spec.interval_epochs, "warmup_epochs": spec.warmup_epochs,
-            "ratio_schedule": spec.ratio_schedule, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "ratio_schedule": spec.ratio_schedule, "staleness": spec.staleness,
+            "psp_batch_fraction": spec.psp_batch_fraction, "distill": spec.distill,
+            **({"pipeline_lead_epochs": PIPE_LEAD} if spec.staleness == "pipelined" else {}),
+            "batch_size": cfg.batch_size, "lr": cfg.lr,
             "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "nesterov": True,
             "schedule": "cosine over optimizer steps" if spec.kind != "infobatch"
             else "cosine over epoch progress",

@@ -22,6 +22,7 @@ __all__ = [
     "TensorRecord",
     "export_psp",
     "proxy_spec",
+    "spec_of",
     "build_proxy",
     "load_proxy",
     "records_to_state",
@@ -101,10 +102,15 @@ def export_psp(model: SlimmableModel, width: float) -> list[TensorRecord]:
     return [TensorRecord.from_tensor(n, t) for n, t in model.slice_state(width).items()]
 
 
+def spec_of(model: SlimmableModel) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Name → (wire dtype, shape) of every tensor in ``model``'s state: what a push of it
+    must carry."""
+    return {n: (_DTYPE_NAMES[t.dtype], tuple(t.shape)) for n, t in model.state_dict().items()}
+
+
 def proxy_spec(architecture: str, width: float) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Name → (dtype, shape) of every tensor a push for (architecture, width) must carry."""
-    proxy = build_architecture(architecture).make_proxy(width)
-    return {n: (_DTYPE_NAMES[t.dtype], tuple(t.shape)) for n, t in proxy.state_dict().items()}
+    return spec_of(build_architecture(architecture).make_proxy(width))
 
 
 def records_to_state(
@@ -156,5 +162,4 @@ def build_proxy(architecture: str, width: float,
     Its logits and features equal ``full_model(x, width)`` in eval mode.
     """
     proxy = build_architecture(architecture).make_proxy(width)
-    spec = {n: (_DTYPE_NAMES[t.dtype], tuple(t.shape)) for n, t in proxy.state_dict().items()}
-    return load_proxy(proxy, records_to_state(records, spec))
+    return load_proxy(proxy, records_to_state(records, spec_of(proxy)))

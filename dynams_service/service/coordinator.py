@@ -18,7 +18,7 @@ from ..core.job import JobSpec
 from ..core.models import build_architecture
 from ..core.partition import epoch_order, rank_part
 from ..core.policy import EpochKind, Plan
-from ..core.psp import PSPError, TensorRecord, records_to_state
+from ..core.psp import PSPError, TensorRecord, records_to_state, spec_of
 from ..core.selection import select
 from ..core.shards import (
     DatasetManifest,
@@ -165,10 +165,8 @@ class JobCoordinator:
             raise InvalidArgument(
                 f"num_scorers {spec.resources.num_scorers} exceeds the dataset's "
                 f"{len(manifest.shards)} shards; use fewer scorers or smaller shards")
-        proxy_spec = {n: (str(t.dtype).removeprefix("torch."), tuple(t.shape))
-                      for n, t in proxy.state_dict().items()}
         return _Job(spec=spec, plan=spec.plan(), manifest=manifest, labels=labels,
-                    proxy_spec=proxy_spec)
+                    proxy_spec=spec_of(proxy))
 
     def _job(self, job_id: str) -> _Job:
         job = self._jobs.get(job_id)

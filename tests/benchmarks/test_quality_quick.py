@@ -110,7 +110,12 @@ def test_method_names_parse_into_knobs() -> None:
     assert q.parse_method("uniform-compute-matched").kind == "uniform-compute-matched"
     assert q.parse_method("uniform-psp-0.5").psp_width == 0.5
     assert q.parse_method("dynams-full-proxy-global").class_balance == "global"
-    for bad in ("dynams", "dynams-psp", "dynams-psp-0.3", "uniform-signed", "full-bogus"):
+    spec = q.parse_method("dynams-psp-0.25-bf0.5-distill-pipe")
+    assert (spec.psp_batch_fraction, spec.distill, spec.staleness) == (0.5, True, "pipelined")
+    assert spec.policy(0.3, seed=0).staleness == "pipelined"
+    for bad in ("dynams", "dynams-psp", "dynams-psp-0.3", "uniform-signed", "full-bogus",
+                "uniform-bf0.5", "dynams-full-proxy-distill", "static-margin-pipe",
+                "uniform-psp-0.25-pipe"):
         with pytest.raises(ValueError):
             q.parse_method(bad)
 
@@ -142,3 +147,19 @@ def test_compute_matched_ratio_from_cpu_seconds() -> None:
     assert ratio == pytest.approx(0.4)
     assert info["matched_to"] == "dynams-psp-0.25"
     assert q.compute_matched_ratio(records[:1], 0.3, 10, 1000, num_train=1000) is None
+
+
+def test_pipelined_scores_weights_from_before_the_epoch_ended(
+        fashion_mnist_dir: Path) -> None:
+    """A pipelined run selects from a snapshot taken a quarter epoch early: the same plan
+    as sync, a different selection."""
+    q = _load_quality()
+    data = q.load_data(str(fashion_mnist_dir), 600, 100)
+    runs = [q.train_run(q.RunConfig(method=q.parse_method(name), ratio=0.3, seed=0,
+                                    epochs=3, max_samples=600, batch_size=64), data, log=False)
+            for name in ("dynams-full-proxy", "dynams-full-proxy-pipe")]
+    sync, pipe = runs
+    assert sync["epoch_sizes"] == pipe["epoch_sizes"] == [600, 180, 180]
+    assert pipe["config"]["staleness"] == "pipelined"
+    assert len(sync["selection_digests"]) == len(pipe["selection_digests"]) == 2
+    assert sync["selection_digests"][0] != pipe["selection_digests"][0]  # older weights
