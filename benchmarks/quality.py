@@ -68,6 +68,7 @@ DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 MEAN, STD = 0.2860, 0.3530
 NUM_CLASSES = 10
+DEFAULT_DYNAMS = "dynams-psp-0.25"  # what ablations are compared against
 PIPE_LEAD = 0.25  # pipelined runs snapshot the weights this fraction of an epoch early
 MAIN_METHODS = (
     "full", "uniform", "static-margin", "infobatch", "dynams-full-proxy", "dynams-psp-0.25",
@@ -75,6 +76,7 @@ MAIN_METHODS = (
 )
 QUICK_METHODS = ("full,uniform,infobatch,dynams-full-proxy,dynams-psp-0.25,"
                  "uniform-compute-matched")
+PLOTTED_METHODS = (*MAIN_METHODS, "dynams-psp-0.5")  # ablations get their own chart
 ABLATION_METHODS = (
     "dynams-psp-0.25-signed", "dynams-psp-0.25-global", "dynams-psp-0.25-int2",
     "dynams-psp-0.25-int5", "dynams-psp-0.25-warm0", "dynams-psp-0.25-warm3",
@@ -629,18 +631,23 @@ def write_markdown(out: Path, records: Sequence[dict[str, Any]],
 
 
 def _paired_lines(records: Sequence[dict[str, Any]]) -> list[str]:
-    """Per-seed differences in final accuracy against ``uniform`` at the same ratio and
-    against ``full``: same seed means same init and warm-up, so pairs cancel seed noise."""
+    """Per-seed differences in final accuracy against ``uniform`` at the same ratio, against
+    ``full`` and against the default DynaMS (``DEFAULT_DYNAMS``, so an ablation reads as its
+    knob's effect): same seed means same init and warm-up, so pairs cancel seed noise."""
     by_key = {(r["method"], r["ratio"], r["seed"]): r for r in records}
     lines = ["Paired by seed (final accuracy, points; mean ± std of per-seed differences):", "",
-             "| method | ratio | vs uniform | vs full | seeds |", "|---|---|---|---|---|"]
+             f"| method | ratio | vs uniform | vs full | vs {DEFAULT_DYNAMS} | seeds |",
+             "|---|---|---|---|---|---|"]
     methods = sorted({(r["method"], r["ratio"]) for r in records
                       if r["method"] not in ("full", "uniform")},
                      key=lambda m: (m[1] if m[1] is not None else 0.99, _method_rank(m[0])))
     for method, ratio in methods:
         runs = [r for r in records if r["method"] == method and r["ratio"] == ratio]
         cells = []
-        for ref, ref_ratio in (("uniform", ratio), ("full", 1.0)):
+        for ref, ref_ratio in (("uniform", ratio), ("full", 1.0), (DEFAULT_DYNAMS, ratio)):
+            if ref == method:
+                cells.append("—")
+                continue
             diffs = [100 * (r["final_accuracy"] - by_key[(ref, ref_ratio, r["seed"])][
                 "final_accuracy"]) for r in runs if (ref, ref_ratio, r["seed"]) in by_key]
             if diffs:
@@ -649,7 +656,7 @@ def _paired_lines(records: Sequence[dict[str, Any]]) -> list[str]:
             else:
                 cells.append("—")
         ratio_text = "—" if ratio is None else f"{ratio:g}"
-        lines.append(f"| {method} | {ratio_text} | {cells[0]} | {cells[1]} | {len(runs)} |")
+        lines.append(f"| {method} | {ratio_text} | {' | '.join(cells)} | {len(runs)} |")
     return lines
 
 
@@ -662,10 +669,11 @@ def write_plots(out: Path, records: Sequence[dict[str, Any]], max_samples: int |
     import matplotlib.pyplot as plt
 
     rows = [r for r in summarise(records)
-            if r["max_samples"] == max_samples and r["epochs"] == epochs]
+            if r["max_samples"] == max_samples and r["epochs"] == epochs
+            and r["method"] in PLOTTED_METHODS]
     if not rows:
         return []
-    paths = []
+    paths = [p for p in [_ablation_plot(out, records, max_samples, epochs)] if p]
     for x_key, label, fname in (
         ("fraction_trained", "fraction of data trained (sample-iterations / full)",
          "quality_accuracy_vs_fraction.png"),
@@ -697,6 +705,49 @@ def write_plots(out: Path, records: Sequence[dict[str, Any]], max_samples: int |
     return paths
 
 
+def knob_effects(records: Sequence[dict[str, Any]], max_samples: int | None, epochs: int,
+                 ratio: float = 0.3) -> list[tuple[str, float, float, int]]:
+    """(method, mean, std, n) of per-seed final-accuracy differences (points) between each
+    ``DEFAULT_DYNAMS-…`` ablation and the default, largest effect first."""
+    runs = [r for r in records if r.get("max_samples") == max_samples
+            and r["epochs"] == epochs and r["ratio"] == ratio]
+    default = {r["seed"]: r["final_accuracy"] for r in runs if r["method"] == DEFAULT_DYNAMS}
+    effects = []
+    for method in sorted({r["method"] for r in runs}):
+        if method == DEFAULT_DYNAMS or not (method.startswith("dynams-psp-")):
+            continue
+        diffs = [100 * (r["final_accuracy"] - default[r["seed"]]) for r in runs
+                 if r["method"] == method and r["seed"] in default]
+        if diffs:
+            mean, std = _mean_std(diffs)
+            effects.append((method, mean, std, len(diffs)))
+    return sorted(effects, key=lambda e: -abs(e[1]))
+
+
+def _ablation_plot(out: Path, records: Sequence[dict[str, Any]], max_samples: int | None,
+                   epochs: int) -> Path | None:
+    """Bar chart of each knob's paired effect on final accuracy against the default."""
+    import matplotlib.pyplot as plt
+
+    effects = knob_effects(records, max_samples, epochs)
+    if not effects:
+        return None
+    effects = effects[::-1]  # largest at the top
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(effects) + 1.5))
+    ax.barh([e[0].removeprefix(DEFAULT_DYNAMS) or e[0] for e in effects],
+            [e[1] for e in effects], xerr=[e[2] for e in effects], capsize=3,
+            color=["tab:green" if e[1] > 0 else "tab:red" for e in effects])
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel(f"final accuracy vs {DEFAULT_DYNAMS} (points, paired by seed, mean ± std)")
+    ax.set_title(f"Knob ablations at r = 0.3, {max_samples or 'all'} samples, {epochs} epochs")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    path = out / "quality_ablations.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # --- PSP cost --------------------------------------------------------------------------
 
 
@@ -716,7 +767,8 @@ def measure_psp_cost(data: Data, steps: int, batch_size: int, seed: int,
                   for w, p in proxies.items()}
     gen = _generator(seed, 99)
     n = data.num_train
-    variants = ["plain", "joint-0.25", "joint-0.5", "proxy-only-0.25", "proxy-only-0.5"]
+    variants = ["plain", "joint-0.25", "joint-0.5", "joint-0.25-bf0.5", "joint-0.25-bf0.25",
+                "proxy-only-0.25", "proxy-only-0.5"]
     times: dict[str, list[float]] = {v: [] for v in variants}
     cpu: dict[str, list[float]] = {v: [] for v in variants}
     for i in range(warmup + steps):
@@ -733,8 +785,11 @@ def measure_psp_cost(data: Data, steps: int, batch_size: int, seed: int,
                 proxy_opts[w].step()
             else:
                 loss = F.cross_entropy(model(x), y)
-                if v.startswith("joint"):
-                    loss = loss + F.cross_entropy(model(x, width=float(v.split("-")[1])), y)
+                if v.startswith("joint"):  # -bf<f>: the PSP loss on that share of the batch
+                    k = (round(batch_size * float(v.split("-bf")[1])) if "-bf" in v
+                         else batch_size)
+                    loss = loss + F.cross_entropy(
+                        model(x[:k], width=float(v.split("-")[1])), y[:k])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -751,7 +806,7 @@ def measure_psp_cost(data: Data, steps: int, batch_size: int, seed: int,
         "step_ms_p25_p75": {v: [1e3 * float(np.percentile(t, 25)),
                                 1e3 * float(np.percentile(t, 75))] for v, t in times.items()},
         "joint_overhead_pct": {w: 100 * (med[f"joint-{w}"] / med["plain"] - 1)
-                               for w in ("0.25", "0.5")},
+                               for w in ("0.25", "0.5", "0.25-bf0.5", "0.25-bf0.25")},
         "ideal_overhead_pct": {w: 100 * med[f"proxy-only-{w}"] / med["plain"]
                                for w in ("0.25", "0.5")},
     }
@@ -817,7 +872,11 @@ def psp_cost_lines(c: dict[str, Any]) -> list[str]:
         f"steps, {c['torch_threads']} threads): plain {s['plain']:.1f} ms, joint α=0.25 "
         f"{s['joint-0.25']:.1f} ms (+{o['0.25']:.1f} %, target ≤ 10 %; a standalone "
         f"α-proxy step is {ideal['0.25']:.1f} % of plain), joint α=0.5 {s['joint-0.5']:.1f} ms "
-        f"(+{o['0.5']:.1f} %; standalone {ideal['0.5']:.1f} %); in CPU ms: plain "
+        f"(+{o['0.5']:.1f} %; standalone {ideal['0.5']:.1f} %)"
+        + "".join(f", joint α=0.25 with the PSP loss on {f} of each batch "
+                  f"{s[f'joint-0.25-bf{f}']:.1f} ms (+{o[f'0.25-bf{f}']:.1f} %)"
+                  for f in ("0.5", "0.25") if f"joint-0.25-bf{f}" in s)
+        + f"; in CPU ms: plain "
         f"{cs['plain']:.1f}, joint α=0.25 {cs['joint-0.25']:.1f} "
         f"(+{100 * (cs['joint-0.25'] / cs['plain'] - 1):.1f} %), joint α=0.5 "
         f"{cs['joint-0.5']:.1f} (+{100 * (cs['joint-0.5'] / cs['plain'] - 1):.1f} %)",

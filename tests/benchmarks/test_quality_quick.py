@@ -84,10 +84,10 @@ def test_records_are_complete_and_consistent(quick_run: Path) -> None:
 def test_psp_cost_is_reported(quick_run: Path) -> None:
     costs = json.loads((quick_run / "psp_cost.json").read_text())
     (cost,) = costs.values()
-    for key in ("plain", "joint-0.25", "joint-0.5"):
+    for key in ("plain", "joint-0.25", "joint-0.5", "joint-0.25-bf0.5", "joint-0.25-bf0.25"):
         assert cost["step_ms_median"][key] > 0
     assert cost["score_proxy_0.25_seconds"] > 0
-    assert set(cost["joint_overhead_pct"]) == {"0.25", "0.5"}
+    assert set(cost["joint_overhead_pct"]) == {"0.25", "0.5", "0.25-bf0.5", "0.25-bf0.25"}
 
 
 def _load_quality():

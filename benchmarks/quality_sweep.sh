@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The exact runs behind benchmarks/results/quality.{json,md} and its plots.
+# Each run is keyed (method, ratio, seed, epochs, samples) and skipped if already stored,
+# so an interrupted sweep resumes; the commands may also run in parallel with separate
+# --out directories whose quality.json lists are then concatenated. About 3 h of one core.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_WAIT_POLICY=PASSIVE
+PY=${PYTHON:-.venv/bin/python}
+Q="$PY benchmarks/quality.py --threads 1 --max-samples 20000 --out ${OUT:-benchmarks/results}"
+
+# PSP step and scoring cost (60k samples)
+$PY benchmarks/quality.py --psp-cost --threads 1 --out "${OUT:-benchmarks/results}"
+# main comparison at r = 0.3
+$Q --epochs 8 --ratios 0.3 --seeds 3
+# ratio sweep
+$Q --epochs 8 --ratios 0.1,0.2,0.5 --seeds 3 \
+   --methods uniform,dynams-psp-0.25,uniform-compute-matched
+# knob ablations against dynams-psp-0.25
+$Q --epochs 8 --ratios 0.3 --seeds 3 --methods \
+dynams-psp-0.25-lam0.5,dynams-psp-0.25-bf0.5,uniform-psp-0.25-lam0.5,dynams-psp-0.5,\
+dynams-psp-0.25-int2,dynams-psp-0.25-warm0,dynams-psp-0.25-warm3,dynams-psp-0.25-signed,\
+dynams-psp-0.25-global,dynams-psp-0.25-power,dynams-psp-0.25-int5,dynams-psp-0.25-pipe,\
+dynams-psp-0.25-distill,uniform-psp-0.25-bf0.5
+$Q --epochs 8 --ratios 0.3 --seeds 3 --methods dynams-psp-0.25-bf0.25
+# training length: the gap to full data
+$Q --epochs 10 --ratios 0.3 --seeds 3 --methods full,uniform,dynams-psp-0.25
+$Q --epochs 20 --ratios 0.3 --seeds 2 --methods full,uniform,dynams-psp-0.25
+$Q --epochs 40 --ratios 0.3 --seeds 1 --methods full,uniform,dynams-psp-0.25
+# tables and plots (plots for the 8-epoch setting)
+$Q --report --epochs 8
