@@ -623,11 +623,98 @@ def write_markdown(out: Path, records: Sequence[dict[str, Any]],
                 f"{r['total_compute_cpu_seconds']:.1f} |")
         lines += ["", *_paired_lines([r for r in records if r.get("max_samples") == ms
                                       and r["epochs"] == ep]), ""]
+    lines += _sweep_lines(records) + _length_lines(records)
+    effects = [(ms, ep, knob_effects(records, ms, ep)) for ms, ep in settings]
+    for ms, ep, eff in effects:
+        if eff:
+            lines += [f"## Knob effects ({ms or 'all'} samples, {ep} epochs, r = 0.3)", "",
+                      f"Final accuracy minus {DEFAULT_DYNAMS}'s, paired by seed, largest first "
+                      "(warm-up knobs also change the data budget):", "",
+                      "| ablation | effect (points) | seeds |", "|---|---|---|",
+                      *[f"| {m} | {mean:+.2f} ± {std:.2f} | {n} |" for m, mean, std, n in eff],
+                      ""]
     if psp_cost:
         lines += ["## PSP cost", ""]
         for measurement in psp_cost.values():
             lines += [*psp_cost_lines(measurement), ""]
     _atomic_write(out / "quality.md", "\n".join(lines))
+
+
+def _paired(records: Sequence[dict[str, Any]], method: str, ratio: float | None, ref: str,
+            ref_ratio: float | None) -> tuple[float, float, int] | None:
+    """Mean ± std (points) of per-seed final-accuracy differences ``method − ref``."""
+    ref_acc = {r["seed"]: r["final_accuracy"] for r in records
+               if r["method"] == ref and r["ratio"] == ref_ratio}
+    diffs = [100 * (r["final_accuracy"] - ref_acc[r["seed"]]) for r in records
+             if r["method"] == method and r["ratio"] == ratio and r["seed"] in ref_acc]
+    return (*_mean_std(diffs), len(diffs)) if diffs else None
+
+
+def _acc_cell(records: Sequence[dict[str, Any]], method: str, ratio: float | None) -> str:
+    accs = [100 * r["final_accuracy"] for r in records
+            if r["method"] == method and r["ratio"] == ratio]
+    if not accs:
+        return "—"
+    mean, std = _mean_std(accs)
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def _diff_cell(d: tuple[float, float, int] | None) -> str:
+    return "—" if d is None else f"{d[0]:+.2f} ± {d[1]:.2f} (n={d[2]})"
+
+
+def _sweep_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Per setting, DynaMS against uniform at each ratio: at equal data and equal compute."""
+    lines: list[str] = []
+    settings = sorted({(r.get("max_samples"), r["epochs"]) for r in records},
+                      key=lambda s: (s[0] or 10**9, s[1]))
+    for ms, ep in settings:
+        runs = [r for r in records if r.get("max_samples") == ms and r["epochs"] == ep]
+        ratios = sorted({r["ratio"] for r in runs if r["method"] == DEFAULT_DYNAMS})
+        if len(ratios) < 2:
+            continue
+        lines += [f"## Ratio sweep ({ms or 'all'} samples, {ep} epochs)", "",
+                  f"| r | fraction | uniform | {DEFAULT_DYNAMS} | vs uniform (equal data) | "
+                  "uniform at equal compute (ran r) | vs it (equal compute) |",
+                  "|---|---|---|---|---|---|---|"]
+        for ratio in ratios:
+            vs_matched = _paired(runs, DEFAULT_DYNAMS, ratio, "uniform-compute-matched", ratio)
+            frac = statistics.mean(r["fraction_trained"] for r in runs
+                                   if r["method"] == DEFAULT_DYNAMS and r["ratio"] == ratio)
+            matched = [r["subset_ratio"] for r in runs
+                       if r["method"] == "uniform-compute-matched" and r["ratio"] == ratio]
+            ran = f" ({statistics.mean(matched):.3f})" if matched else ""
+            lines.append(
+                f"| {ratio:g} | {frac:.3f} | {_acc_cell(runs, 'uniform', ratio)} | "
+                f"{_acc_cell(runs, DEFAULT_DYNAMS, ratio)} | "
+                f"{_diff_cell(_paired(runs, DEFAULT_DYNAMS, ratio, 'uniform', ratio))} | "
+                f"{_acc_cell(runs, 'uniform-compute-matched', ratio)}{ran} | "
+                f"{_diff_cell(vs_matched)} |")
+        lines.append("")
+    return lines
+
+
+def _length_lines(records: Sequence[dict[str, Any]], ratio: float = 0.3) -> list[str]:
+    """The gap to full data as training gets longer, at ``ratio``."""
+    by_setting: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        by_setting.setdefault((r.get("max_samples"), r["epochs"]), []).append(r)
+    rows = []
+    for (ms, ep), runs in sorted(by_setting.items(), key=lambda kv: (kv[0][0] or 10**9,
+                                                                      kv[0][1])):
+        if not any(r["method"] == "full" for r in runs) or not any(
+                r["method"] == DEFAULT_DYNAMS and r["ratio"] == ratio for r in runs):
+            continue
+        rows.append(
+            f"| {ms or 'all'} | {ep} | {_acc_cell(runs, 'full', 1.0)} | "
+            f"{_acc_cell(runs, 'uniform', ratio)} | {_acc_cell(runs, DEFAULT_DYNAMS, ratio)} | "
+            f"{_diff_cell(_paired(runs, DEFAULT_DYNAMS, ratio, 'full', 1.0))} | "
+            f"{_diff_cell(_paired(runs, 'uniform', ratio, 'full', 1.0))} |")
+    if len(rows) < 2:
+        return []
+    return [f"## Training length (r = {ratio:g})", "",
+            f"| samples | epochs | full | uniform | {DEFAULT_DYNAMS} | {DEFAULT_DYNAMS} − full | "
+            "uniform − full |", "|---|---|---|---|---|---|---|", *rows, ""]
 
 
 def _paired_lines(records: Sequence[dict[str, Any]]) -> list[str]:

@@ -163,3 +163,30 @@ def test_pipelined_scores_weights_from_before_the_epoch_ended(
     assert pipe["config"]["staleness"] == "pipelined"
     assert len(sync["selection_digests"]) == len(pipe["selection_digests"]) == 2
     assert sync["selection_digests"][0] != pipe["selection_digests"][0]  # older weights
+
+
+def test_knob_effects_and_sweep_tables_pair_runs_by_seed() -> None:
+    q = _load_quality()
+
+    def run(method: str, ratio: float | None, seed: int, acc: float, epochs: int = 8,
+            **extra: float) -> dict:
+        return {"method": method, "ratio": ratio, "seed": seed, "final_accuracy": acc,
+                "epochs": epochs, "max_samples": 1000, "fraction_trained": 0.4,
+                "subset_ratio": ratio, **extra}
+
+    records = [run("dynams-psp-0.25", 0.3, s, a) for s, a in ((0, 0.90), (1, 0.80))]
+    records += [run("dynams-psp-0.25-global", 0.3, s, a) for s, a in ((0, 0.91), (1, 0.83))]
+    records += [run("dynams-psp-0.25-signed", 0.3, 0, 0.85)]
+    records += [run("uniform", r, s, 0.85) for r in (0.3, 0.5) for s in (0, 1)]
+    records += [run("dynams-psp-0.25", 0.5, s, 0.86) for s in (0, 1)]
+    records += [run("full", 1.0, s, 0.95, epochs=e) for s in (0, 1) for e in (8, 20)]
+    records += [run("dynams-psp-0.25", 0.3, s, 0.93, epochs=20) for s in (0, 1)]
+    effects = q.knob_effects(records, 1000, 8)
+    assert [e[0] for e in effects] == ["dynams-psp-0.25-signed", "dynams-psp-0.25-global"]
+    signed, glob = effects
+    assert signed[1:] == pytest.approx((-5.0, 0.0, 1))
+    assert glob[1] == pytest.approx(2.0) and glob[3] == 2  # (+1, +3) paired by seed
+    sweep = "\n".join(q._sweep_lines(records))
+    assert "| 0.5 | 0.400 | 85.00 ± 0.00 | 86.00 ± 0.00 | +1.00 ± 0.00 (n=2) |" in sweep
+    length = "\n".join(q._length_lines(records))
+    assert "| 1000 | 20 | 95.00 ± 0.00 | — | 93.00 ± 0.00 | -2.00 ± 0.00 (n=2) | — |" in length
