@@ -13,6 +13,10 @@ Q="$PY benchmarks/quality.py --threads 1 --max-samples 20000 --out ${OUT:-benchm
 $PY benchmarks/quality.py --psp-cost --threads 1 --out "${OUT:-benchmarks/results}"
 # main comparison at r = 0.3
 $Q --epochs 8 --ratios 0.3 --seeds 3
+# two more seeds for the main contenders and the knobs that moved most
+$Q --epochs 8 --ratios 0.3 --seeds 3,4 --methods uniform,dynams-psp-0.25,\
+dynams-psp-0.25-global,dynams-psp-0.25-lam0.5,dynams-psp-0.25-bf0.5,uniform-psp-0.25,\
+uniform-compute-matched,full
 # ratio sweep
 $Q --epochs 8 --ratios 0.1,0.2,0.5 --seeds 3 \
    --methods uniform,dynams-psp-0.25,uniform-compute-matched
@@ -25,7 +29,10 @@ dynams-psp-0.25-distill,uniform-psp-0.25-bf0.5
 $Q --epochs 8 --ratios 0.3 --seeds 3 --methods dynams-psp-0.25-bf0.25
 # training length: the gap to full data
 $Q --epochs 10 --ratios 0.3 --seeds 3 --methods full,uniform,dynams-psp-0.25
-$Q --epochs 20 --ratios 0.3 --seeds 2 --methods full,uniform,dynams-psp-0.25
+$Q --epochs 20 --ratios 0.3 --seeds 1 --methods full,uniform,dynams-psp-0.25
 $Q --epochs 40 --ratios 0.3 --seeds 1 --methods full,uniform,dynams-psp-0.25
+# the default against global selection on all 60k training images
+$PY benchmarks/quality.py --threads 1 --out "${OUT:-benchmarks/results}" --epochs 8 \
+   --ratios 0.3 --seeds 1 --methods dynams-psp-0.25,dynams-psp-0.25-global
 # tables and plots (plots for the 8-epoch setting)
 $Q --report --epochs 8

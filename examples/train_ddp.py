@@ -59,8 +59,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--staleness", choices=["sync", "pipelined"], default="pipelined")
     p.add_argument("--width", type=float, default=0.25, help="PSP width α")
     p.add_argument("--lam", type=float, default=1.0, help="weight λ of the PSP loss")
-    p.add_argument("--psp-batch-fraction", type=float, default=1.0,
-                   help="train the PSP on this leading fraction of each batch (cheaper)")
+    p.add_argument("--class-balance", choices=["global", "per_class"], default="global",
+                   help="select the lowest margins overall or per class")
+    p.add_argument("--psp-batch-fraction", type=float, default=0.5,
+                   help="train the PSP on this leading fraction of each batch (1 = all; "
+                        "0.5 halves its cost at no accuracy cost in the quality benchmark)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=128, help="per rank")
     p.add_argument("--lr", type=float, default=0.05)
@@ -175,7 +178,8 @@ def main() -> None:
             proxy=ProxySpec(architecture="fmnist-cnn", width=args.width),
             policy=SelectionPolicy(ratio=args.ratio, warmup_epochs=args.warmup_epochs,
                                    interval_epochs=args.interval_epochs,
-                                   staleness=args.staleness, seed=args.seed),
+                                   staleness=args.staleness, seed=args.seed,
+                                   class_balance=args.class_balance),
             epochs=args.epochs, resources=ScorerResources(num_scorers=args.scorers))
         client = SelectorClient(selector_address, token=token, retries=2)
         sampler = DynaMSSampler(len(y_train), client, spec, rank=rank, world_size=world,

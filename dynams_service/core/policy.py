@@ -75,8 +75,9 @@ class Plan(BaseModel):
 class SelectionPolicy(BaseModel):
     """How DynaMS selects: budget, schedule, margin mode, class balance, staleness.
 
-    Defaults follow ARCHITECTURE §2's pilot (distance margins, per-class quotas); the
-    quality benchmark (benchmarks/quality.py) is the evidence for the schedule knobs.
+    Defaults follow the quality benchmark (benchmarks/quality.py, README): distance
+    margins, global selection, one warm-up epoch, a new selection every epoch, a constant
+    ratio and pipelined staleness.
 
     Example:
         >>> policy = SelectionPolicy(ratio=0.3, warmup_epochs=1, interval_epochs=2)
@@ -91,7 +92,11 @@ class SelectionPolicy(BaseModel):
     interval_epochs: int = Field(1, ge=1, description="epochs each selection is trained on")
     anneal_epochs: int = Field(0, ge=0, description="full-data epochs at the end")
     margin_mode: Literal["distance", "signed"] = "distance"
-    class_balance: Literal["per_class", "global"] = "per_class"
+    class_balance: Literal["per_class", "global"] = Field(
+        "global",
+        description="'global': the ⌈r·N⌉ lowest margins overall (the quality benchmark's "
+        "choice: +0.5 points over per-class quotas); 'per_class': each class its share",
+    )
     ratio_schedule: Literal["constant", "power"] = Field(
         "constant",
         description="'power': ratios decay over rounds as (1 - i/M)^power_exponent, "
@@ -99,7 +104,11 @@ class SelectionPolicy(BaseModel):
     )
     power_exponent: float = Field(1.0, gt=0, le=10)
     seed: int = Field(0, ge=0, lt=2**63)
-    staleness: Literal["sync", "pipelined"] = "sync"
+    staleness: Literal["sync", "pipelined"] = Field(
+        "pipelined",
+        description="'pipelined' (default): the trainer pushes early so scoring overlaps the "
+        "epoch's end; it selects as well as 'sync' (quality benchmark) and nobody waits",
+    )
 
     @model_validator(mode="after")
     def _power_needs_room(self) -> SelectionPolicy:

@@ -11,8 +11,8 @@ from dynams_service import EpochKind, SelectionPolicy
 def test_defaults_follow_the_architecture():
     policy = SelectionPolicy()
     assert policy.margin_mode == "distance"
-    assert policy.class_balance == "per_class" and policy.per_class
-    assert policy.staleness == "sync"
+    assert policy.class_balance == "global" and not policy.per_class
+    assert policy.staleness == "pipelined"  # the quality benchmark: same accuracy, no wait
 
 
 def test_plan_kinds_and_sizes():

@@ -9,7 +9,8 @@ from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy
 
 def make_spec(small_shards, job_id: str = "fmnist-small", **policy) -> JobSpec:
     uri, manifest = small_shards
-    policy = {"ratio": 0.3, "warmup_epochs": 1, "interval_epochs": 1, "seed": 7, **policy}
+    policy = {"ratio": 0.3, "warmup_epochs": 1, "interval_epochs": 1, "seed": 7,
+              "class_balance": "per_class", **policy}  # the checks compare per-class picks
     return JobSpec(job_id=job_id, dataset_uri=uri, fingerprint=manifest.fingerprint,
                    proxy=ProxySpec(architecture="fmnist-cnn", width=0.25),
                    policy=SelectionPolicy(**policy), epochs=4,

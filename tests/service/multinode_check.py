@@ -126,7 +126,7 @@ def _spec(manifest, uri: str, job_id: str, scorers: int, rounds: int, batch_size
     return JobSpec(job_id=job_id, dataset_uri=uri, fingerprint=manifest.fingerprint,
                    proxy=ProxySpec(architecture=ARCHITECTURE, width=PSP_WIDTH),
                    policy=SelectionPolicy(ratio=0.3, warmup_epochs=1, interval_epochs=1,
-                                          seed=7),
+                                          seed=7, class_balance="per_class"),
                    epochs=rounds + 2,  # a spare round keeps scorers up for the readings
                    resources=ScorerResources(num_scorers=scorers, num_cpus=1, num_gpus=gpus,
                                              batch_size=batch_size))

@@ -43,7 +43,8 @@ def full_spec(shards, job_id: str) -> JobSpec:
     uri, manifest = shards
     return JobSpec(job_id=job_id, dataset_uri=uri, fingerprint=manifest.fingerprint,
                    proxy=ProxySpec(architecture="fmnist-cnn", width=0.25),
-                   policy=SelectionPolicy(ratio=0.3, warmup_epochs=1, seed=3), epochs=4,
+                   policy=SelectionPolicy(ratio=0.3, warmup_epochs=1, seed=3,
+                                          class_balance="per_class"), epochs=4,
                    resources=ScorerResources(num_scorers=2, num_cpus=1, batch_size=512))
 
 
