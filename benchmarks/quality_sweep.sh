@@ -31,6 +31,8 @@ $Q --epochs 8 --ratios 0.3 --seeds 3 --methods dynams-psp-0.25-bf0.25
 $Q --epochs 10 --ratios 0.3 --seeds 3 --methods full,uniform,dynams-psp-0.25
 $Q --epochs 20 --ratios 0.3 --seeds 1 --methods full,uniform,dynams-psp-0.25
 $Q --epochs 40 --ratios 0.3 --seeds 1 --methods full,uniform,dynams-psp-0.25
+# the three changed defaults together (global, half-batch PSP, pipelined)
+$Q --epochs 8 --ratios 0.3 --seeds 5 --methods dynams-psp-0.25-global-bf0.5-pipe
 # the default against global selection on all 60k training images
 $PY benchmarks/quality.py --threads 1 --out "${OUT:-benchmarks/results}" --epochs 8 \
    --ratios 0.3 --seeds 1 --methods dynams-psp-0.25,dynams-psp-0.25-global
