@@ -721,7 +721,6 @@ def _paired_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     """Per-seed differences in final accuracy against ``uniform`` at the same ratio, against
     ``full`` and against the default DynaMS (``DEFAULT_DYNAMS``, so an ablation reads as its
     knob's effect): same seed means same init and warm-up, so pairs cancel seed noise."""
-    by_key = {(r["method"], r["ratio"], r["seed"]): r for r in records}
     lines = ["Paired by seed (final accuracy, points; mean ± std of per-seed differences):", "",
              f"| method | ratio | vs uniform | vs full | vs {DEFAULT_DYNAMS} | seeds |",
              "|---|---|---|---|---|---|"]
@@ -730,18 +729,10 @@ def _paired_lines(records: Sequence[dict[str, Any]]) -> list[str]:
                      key=lambda m: (m[1] if m[1] is not None else 0.99, _method_rank(m[0])))
     for method, ratio in methods:
         runs = [r for r in records if r["method"] == method and r["ratio"] == ratio]
-        cells = []
-        for ref, ref_ratio in (("uniform", ratio), ("full", 1.0), (DEFAULT_DYNAMS, ratio)):
-            if ref == method:
-                cells.append("—")
-                continue
-            diffs = [100 * (r["final_accuracy"] - by_key[(ref, ref_ratio, r["seed"])][
-                "final_accuracy"]) for r in runs if (ref, ref_ratio, r["seed"]) in by_key]
-            if diffs:
-                mean, std = _mean_std(diffs)
-                cells.append(f"{mean:+.2f} ± {std:.2f} (n={len(diffs)})")
-            else:
-                cells.append("—")
+        cells = [_diff_cell(None if ref == method
+                            else _paired(records, method, ratio, ref, ref_ratio))
+                 for ref, ref_ratio in (("uniform", ratio), ("full", 1.0),
+                                        (DEFAULT_DYNAMS, ratio))]
         ratio_text = "—" if ratio is None else f"{ratio:g}"
         lines.append(f"| {method} | {ratio_text} | {' | '.join(cells)} | {len(runs)} |")
     return lines
@@ -798,16 +789,13 @@ def knob_effects(records: Sequence[dict[str, Any]], max_samples: int | None, epo
     ``DEFAULT_DYNAMS-…`` ablation and the default, largest effect first."""
     runs = [r for r in records if r.get("max_samples") == max_samples
             and r["epochs"] == epochs and r["ratio"] == ratio]
-    default = {r["seed"]: r["final_accuracy"] for r in runs if r["method"] == DEFAULT_DYNAMS}
     effects = []
     for method in sorted({r["method"] for r in runs}):
-        if method == DEFAULT_DYNAMS or not (method.startswith("dynams-psp-")):
+        if method == DEFAULT_DYNAMS or not method.startswith("dynams-psp-"):
             continue
-        diffs = [100 * (r["final_accuracy"] - default[r["seed"]]) for r in runs
-                 if r["method"] == method and r["seed"] in default]
-        if diffs:
-            mean, std = _mean_std(diffs)
-            effects.append((method, mean, std, len(diffs)))
+        diff = _paired(runs, method, ratio, DEFAULT_DYNAMS, ratio)
+        if diff is not None:
+            effects.append((method, *diff))
     return sorted(effects, key=lambda e: -abs(e[1]))
 
 

@@ -56,10 +56,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--warmup-epochs", type=int, default=1)
     p.add_argument("--interval-epochs", type=int, default=1)
-    p.add_argument("--staleness", choices=["sync", "pipelined"], default="pipelined")
+    policy_default = SelectionPolicy.model_fields  # the library's defaults, not copies
+    p.add_argument("--staleness", choices=["sync", "pipelined"],
+                   default=policy_default["staleness"].default)
     p.add_argument("--width", type=float, default=0.25, help="PSP width α")
     p.add_argument("--lam", type=float, default=1.0, help="weight λ of the PSP loss")
-    p.add_argument("--class-balance", choices=["global", "per_class"], default="global",
+    p.add_argument("--class-balance", choices=["global", "per_class"],
+                   default=policy_default["class_balance"].default,
                    help="select the lowest margins overall or per class")
     p.add_argument("--psp-batch-fraction", type=float, default=0.5,
                    help="train the PSP on this leading fraction of each batch (1 = all; "
