@@ -9,13 +9,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .core.idx import IDXError, load_idx_split
-from .core.shards import ShardError, read_manifest, verify_dataset, write_shards
+from .core.registry import UnknownName
+from .core.shards import (
+    ShardError,
+    read_manifest,
+    verify_dataset,
+    write_image_folder,
+    write_shards,
+)
+from .core.stream import verify_samples
 
 DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 def _convert(args: argparse.Namespace) -> int:
-    """IDX directory → ``OUT/train`` and ``OUT/test`` shard datasets (test uses train stats)."""
+    """IDX directory → ``OUT/train`` and ``OUT/test`` (test uses train stats), or an image
+    folder → ``OUT`` (encoded shards with the ``image`` decoder)."""
+    if args.image_folder:
+        return _convert_image_folder(args)
+    if args.size:
+        raise ValueError("--size applies to --image-folder only (IDX images stay 1x28x28)")
     out = args.out.rstrip("/")
     started = time.perf_counter()
     images, labels = load_idx_split(args.idx, "train")
@@ -35,17 +48,36 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_image_folder(args: argparse.Namespace) -> int:
+    """Image folder (one sub-folder per class) → one dataset at ``OUT``, streamed."""
+    started = time.perf_counter()
+    manifest = write_image_folder(args.image_folder, args.out, size=args.size,
+                                  rows_per_shard=args.rows_per_shard,
+                                  progress=sys.stderr.isatty())
+    classes = manifest.class_names or ()
+    print(f"wrote {args.out}: {manifest.num_samples} images, {len(classes)} classes, "
+          f"{len(manifest.shards)} shards, decoded {list(manifest.sample_shape)}")
+    print(f"done in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
-    """Print a dataset's size, classes, fingerprint and shard layout."""
+    """Print a dataset's size, classes, decoder, fingerprint and shard layout."""
     manifest = verify_dataset(args.path) if args.verify else read_manifest(args.path)
+    if args.verify:
+        verify_samples(args.path, manifest, decode_threads=2)
     fp = manifest.fingerprint
-    print(f"dataset:        {args.path}")
+    params = {k: v for k, v in manifest.decoder.items() if k != "name"}
+    print(f"dataset:        {args.path}  ({manifest.format})")
     print(f"samples:        {fp.num_samples}")
-    print(f"classes:        {fp.num_classes}")
+    print(f"classes:        {fp.num_classes}" + (
+        f"  ({', '.join(manifest.class_names)})" if manifest.class_names else ""))
     print(f"labels sha256:  {fp.labels_sha256}")
-    print(f"sample:         {manifest.sample_dtype} {list(manifest.sample_shape)}")
+    print(f"decoder:        {manifest.decoder.get('name')} {params}")
+    print(f"sample:         {list(manifest.sample_shape)} after decoding")
     print(f"normalisation:  mean {list(manifest.mean)} std {list(manifest.std)}")
-    print(f"shards:         {len(manifest.shards)}" + ("  (verified)" if args.verify else ""))
+    print(f"shards:         {len(manifest.shards)}" + (
+        "  (verified: every sample decoded)" if args.verify else ""))
     for shard in manifest.shards:
         print(f"  {shard.path}  rows [{shard.start}, {shard.stop})")
     return 0
@@ -146,12 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
     dataset_cmds = dataset.add_subparsers(dest="dataset_command", required=True)
 
     convert = dataset_cmds.add_parser(
-        "convert", help="convert a directory of MNIST-style IDX files into Parquet shards")
+        "convert", help="convert MNIST-style IDX files or an image folder into Parquet shards")
     convert.add_argument("--idx", "--data-dir", dest="idx", default=DEFAULT_IDX_DIR,
                          help=f"directory with train-/t10k- IDX files, raw or .gz "
-                              f"(default: {DEFAULT_IDX_DIR})")
+                              f"(default: {DEFAULT_IDX_DIR}); writes OUT/train and OUT/test")
+    convert.add_argument("--image-folder", metavar="DIR",
+                         help="convert this ImageFolder tree instead (one sub-folder of "
+                              "JPEG/PNG/WebP/BMP images per class; labels follow the sorted "
+                              "folder names); writes one dataset at OUT, keeping the images "
+                              "encoded")
+    convert.add_argument("--size", type=_size, metavar="C,H,W",
+                         help="--image-folder: decoded size, C 1 (grey) or 3 (RGB); images "
+                              "are resized to cover HxW and centre-cropped (default: the "
+                              "first image's)")
     convert.add_argument("--out", required=True,
-                         help="output directory or pyarrow URI; writes OUT/train and OUT/test")
+                         help="output directory or pyarrow URI (must not exist for "
+                              "--image-folder)")
     convert.add_argument("--rows-per-shard", type=_positive_int, default=8192,
                          help="rows per Parquet file; a job's scorers each take >= 1 shard "
                               "(default: 8192)")
@@ -160,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = dataset_cmds.add_parser("info", help="print a shard dataset's layout and fingerprint")
     info.add_argument("path", help="dataset directory or pyarrow URI")
     info.add_argument("--verify", action="store_true",
-                      help="read every shard and check indices, labels and fingerprint")
+                      help="read every shard, check indices, labels and fingerprint, and "
+                           "decode every sample (a corrupt one is named by shard and row)")
     info.set_defaults(func=_info)
 
     serve = commands.add_parser("serve", help="run the selector (gRPC server on Ray)")
@@ -191,6 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _size(text: str) -> tuple[int, int, int]:
+    try:
+        size = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        size = ()
+    if len(size) != 3 or size[0] not in (1, 3) or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected C,H,W with C 1 or 3, e.g. 3,64,64; got "
+                                         f"{text!r}")
+    return size  # type: ignore[return-value]
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -203,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (IDXError, ShardError, ValueError, OSError, ImportError) as exc:
+    except (IDXError, ShardError, UnknownName, ValueError, OSError, ImportError) as exc:
         print(f"dynams: error: {exc}", file=sys.stderr)
         return 2
 

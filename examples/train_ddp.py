@@ -32,7 +32,8 @@ from dynams_service import (
     ProxySpec,
     ScorerResources,
     SelectionPolicy,
-    SlimCNN,
+    SlimmableModel,
+    build_architecture,
     decode_samples,
     read_manifest,
     read_shards,
@@ -59,6 +60,9 @@ def parse_args() -> argparse.Namespace:
     policy_default = SelectionPolicy.model_fields  # the library's defaults, not copies
     p.add_argument("--staleness", choices=["sync", "pipelined"],
                    default=policy_default["staleness"].default)
+    p.add_argument("--arch", default="fmnist-cnn",
+                   help="registered architecture (fmnist-cnn for 1x28x28, cifar-resnet18 for "
+                        "3x32x32 images, cnn64-grey for 1x64x64)")
     p.add_argument("--width", type=float, default=0.25, help="PSP width α")
     p.add_argument("--lam", type=float, default=1.0, help="weight λ of the PSP loss")
     p.add_argument("--class-balance", choices=["global", "per_class"],
@@ -85,6 +89,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def load_split(uri: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole split decoded into memory (raw or encoded shards; see ShardDataset for
+    datasets that do not fit)."""
     manifest = read_manifest(uri)
     rows = read_shards(uri, manifest=manifest)
     return decode_samples(rows.samples, manifest), torch.from_numpy(rows.labels)
@@ -120,7 +126,14 @@ def start_embedded(args: argparse.Namespace):
     return server, context.dashboard_url
 
 
-def evaluate(model: SlimCNN, x: torch.Tensor, y: torch.Tensor) -> float:
+def build_model(arch: str, width: float) -> SlimmableModel:
+    """The registered architecture, built for widths (1, α) only: DDP wants every
+    parameter used each step, and unused widths' BatchNorms would not be."""
+    base = build_architecture(arch)
+    return type(base)(**base.config, widths=(1.0, width))
+
+
+def evaluate(model: SlimmableModel, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
     with torch.inference_mode():
         correct = sum(int((model(x[i:i + 2048]).argmax(1) == y[i:i + 2048]).sum())
@@ -164,8 +177,7 @@ def main() -> None:
     selector_address, dashboard, job_id = address
 
     torch.manual_seed(args.seed)
-    model = SlimCNN(num_classes=manifest.fingerprint.num_classes,
-                    widths=(1.0, args.width)).to(device)
+    model = build_model(args.arch, args.width).to(device)
     joint = JointPSP(model, args.width, batch_fraction=args.psp_batch_fraction)
     ddp = DistributedDataParallel(joint) if distributed else joint
 
@@ -178,7 +190,7 @@ def main() -> None:
         token = Path(args.token_file).read_text().strip() if args.token_file else None
         spec = JobSpec(
             job_id=job_id, dataset_uri=uri, fingerprint=manifest.fingerprint,
-            proxy=ProxySpec(architecture="fmnist-cnn", width=args.width),
+            proxy=ProxySpec(architecture=args.arch, width=args.width),
             policy=SelectionPolicy(ratio=args.ratio, warmup_epochs=args.warmup_epochs,
                                    interval_epochs=args.interval_epochs,
                                    staleness=args.staleness, seed=args.seed,

@@ -113,3 +113,24 @@ def server_factory(ray_cluster, tmp_path):
     yield start
     for server in servers:
         server.stop(grace=0)
+
+
+@pytest.fixture(scope="session")
+def jpeg_shards(fashion_mnist_dir) -> tuple[str, DatasetManifest]:
+    """600 real Fashion-MNIST images up-scaled to 3x32x32, shifted, tinted and JPEG-encoded,
+    in 3 shards of 200 (generated once into the dataset cache)."""
+    from benchmarks.jpeg_data import jpeg_dataset
+    from dynams_service.core.shards import read_manifest
+
+    uri = jpeg_dataset(600, size=32, channels=3, rows_per_shard=200)
+    return uri, read_manifest(uri)
+
+
+@pytest.fixture(scope="session")
+def jpeg_grey_shards(fashion_mnist_dir) -> tuple[str, DatasetManifest]:
+    """1000 real Fashion-MNIST images as 1x64x64 JPEGs in 4 shards of 250."""
+    from benchmarks.jpeg_data import jpeg_dataset
+    from dynams_service.core.shards import read_manifest
+
+    uri = jpeg_dataset(1000, size=64, channels=1, rows_per_shard=250)
+    return uri, read_manifest(uri)

@@ -4,6 +4,8 @@ Pure PyTorch/numpy/pyarrow; imports neither Ray nor gRPC, so researchers can cal
 directly and both the selector and the trainer build on it.
 """
 
+from .dataset import ShardDataset
+from .decoders import Decoder, decoders, register_decoder
 from .idx import IDXError, load_idx_split, read_idx
 from .margin import MARGIN_MODES, MarginMode, margins
 from .models import (
@@ -31,12 +33,16 @@ from .shards import (
     read_shards,
     shard_groups,
     verify_dataset,
+    write_encoded_shards,
+    write_image_folder,
     write_shards,
     write_shards_from_dataset,
 )
 from .slimmable import SlimmableConv2d, SlimmableLinear, SwitchableBatchNorm2d
 
 __all__ = [
+    "ShardDataset", "Decoder", "decoders", "register_decoder",
+    "write_encoded_shards", "write_image_folder",
     "IDXError", "load_idx_split", "read_idx",
     "MARGIN_MODES", "MarginMode", "margins",
     "SlimCNN", "SlimmableModel", "SlimResNet18", "architectures", "build_architecture",

@@ -31,6 +31,10 @@ class ScorerResources(BaseModel):
     num_gpus: float = Field(0.0, ge=0, le=16)
     batch_size: int = Field(256, ge=1, le=65536,
                             description="scoring batch (256 is fastest on CPU; raise on GPUs)")
+    cache_bytes: int = Field(
+        1 << 30, ge=0, le=1 << 40,
+        description="decoded rows each scorer keeps in memory across rounds (default 1 GiB); "
+                    "the rest are re-read and re-decoded every round, 0 streams everything")
 
 
 class JobSpec(BaseModel):

@@ -7,7 +7,6 @@ tensors alone (no pickle, no client code).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import Registry, load_plugin_modules
 from .slimmable import (
     SlimmableConv2d,
     SlimmableLinear,
@@ -99,7 +99,8 @@ def _inside_slimmable(model: nn.Module, prefix: str) -> bool:
 
 
 class SlimCNN(SlimmableModel):
-    """A small CNN for 28×28 inputs: two conv-BN-ReLU-pool blocks, an MLP layer, a head.
+    """A small CNN for square inputs (28×28 by default): two conv-BN-ReLU-pool blocks, an
+    MLP layer, a head. ``input_size`` must be a multiple of 4.
 
     Example:
         >>> model = SlimCNN(num_classes=10)
@@ -109,17 +110,20 @@ class SlimCNN(SlimmableModel):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1,
                  channels: Sequence[int] = (32, 64), hidden: int = 128,
-                 widths: Sequence[float] = DEFAULT_WIDTHS) -> None:
+                 input_size: int = 28, widths: Sequence[float] = DEFAULT_WIDTHS) -> None:
         super().__init__()
+        if input_size < 4 or input_size % 4:
+            raise ValueError(f"input_size must be a positive multiple of 4, got {input_size}")
         c1, c2 = channels
         self.config = {"num_classes": num_classes, "in_channels": in_channels,
-                       "channels": (c1, c2), "hidden": hidden}
+                       "channels": (c1, c2), "hidden": hidden, "input_size": input_size}
         self.widths = check_widths(widths)
         self.conv1 = SlimmableConv2d(in_channels, c1, 3, padding=1, bias=False, slim_in=False)
         self.bn1 = SwitchableBatchNorm2d(c1, self.widths)
         self.conv2 = SlimmableConv2d(c1, c2, 3, padding=1, bias=False)
         self.bn2 = SwitchableBatchNorm2d(c2, self.widths)
-        self.fc = SlimmableLinear(c2 * 7 * 7, hidden, in_group=7 * 7)
+        pooled = (input_size // 4) ** 2
+        self.fc = SlimmableLinear(c2 * pooled, hidden, in_group=pooled)
         self.head = SlimmableLinear(hidden, num_classes, slim_out=False)
 
     def forward_features(self, x: torch.Tensor, width: float = 1.0) -> torch.Tensor:
@@ -204,7 +208,7 @@ class SlimResNet18(SlimmableModel):
 
 # --- registry -------------------------------------------------------------------------
 
-_ARCHITECTURES: dict[str, Callable[[], SlimmableModel]] = {}
+_ARCHITECTURES: Registry[Callable[[], SlimmableModel]] = Registry("architecture")
 
 
 def register_architecture(name: str, factory: Callable[[], SlimmableModel], *,
@@ -213,33 +217,23 @@ def register_architecture(name: str, factory: Callable[[], SlimmableModel], *,
 
     Call it at import time of a module the operator names (``dynams serve --models mod``).
     """
-    if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ValueError(f"architecture name must be alphanumeric with -_. , got {name!r}")
-    if name in _ARCHITECTURES and not replace:
-        raise ValueError(f"architecture {name!r} is already registered")
-    _ARCHITECTURES[name] = factory
+    _ARCHITECTURES.register(name, factory, replace=replace)
 
 
 def build_architecture(name: str) -> SlimmableModel:
-    """A new full-width model of the registered architecture ``name``."""
-    try:
-        factory = _ARCHITECTURES[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown architecture {name!r}; registered: {sorted(_ARCHITECTURES)}"
-        ) from None
-    return factory()
+    """A new full-width model of the registered architecture ``name`` (``UnknownName``
+    otherwise, a ``KeyError``)."""
+    return _ARCHITECTURES.get(name)()
 
 
 def architectures() -> list[str]:
     """Names of all registered architectures."""
-    return sorted(_ARCHITECTURES)
+    return _ARCHITECTURES.names()
 
 
 def load_model_modules(modules: Sequence[str]) -> None:
-    """Import operator-named modules whose import registers architectures."""
-    for module in modules:
-        importlib.import_module(module)
+    """Import operator-named modules whose import registers architectures or decoders."""
+    load_plugin_modules(modules)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -278,4 +272,6 @@ def count_macs(model: SlimmableModel, input_shape: Sequence[int], width: float =
 
 
 register_architecture("fmnist-cnn", lambda: SlimCNN(num_classes=10, in_channels=1))
+register_architecture("cnn64-grey",
+                      lambda: SlimCNN(num_classes=10, in_channels=1, input_size=64))
 register_architecture("cifar-resnet18", lambda: SlimResNet18(num_classes=10, in_channels=3))

@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from .margin import MarginMode, margins
 from .models import SlimmableModel
 
-__all__ = ["score"]
+__all__ = ["score", "score_batches"]
+
+
+def score_batches(model: SlimmableModel,
+                  batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], *,
+                  width: float = 1.0, mode: MarginMode = "distance") -> torch.Tensor:
+    """Margins ``(N,)`` float32 (on the CPU) over ``(inputs, labels)`` batches, in order.
+
+    The batches are consumed in eval mode under ``torch.inference_mode()`` (so a generator
+    that moves and normalises inputs runs there too); the model's training flag is
+    restored afterwards. Labels are needed for ``mode="signed"``, else pass None.
+    """
+    head = model.head.slice_state(width)
+    device = head["weight"].device
+    was_training = model.training
+    model.eval()
+    parts = []
+    try:
+        with torch.inference_mode():
+            for x, y in batches:
+                if y is not None and len(y) != len(x):
+                    raise ValueError(f"{len(y)} labels for {len(x)} inputs")
+                z = model.forward_features(x.to(device, non_blocking=True), width)
+                y = None if y is None else y.to(device)
+                parts.append(margins(z, head["weight"], head.get("bias"), y, mode).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float32)
 
 
 def score(model: SlimmableModel, inputs: torch.Tensor, labels: torch.Tensor | None = None, *,
@@ -23,19 +52,6 @@ def score(model: SlimmableModel, inputs: torch.Tensor, labels: torch.Tensor | No
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if labels is not None and len(labels) != len(inputs):
         raise ValueError(f"{len(labels)} labels for {len(inputs)} inputs")
-    head = model.head.slice_state(width)
-    device = head["weight"].device
-    was_training = model.training
-    model.eval()
-    out = torch.empty(len(inputs), dtype=torch.float32)
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(inputs), batch_size):
-                x = inputs[start:start + batch_size].to(device, non_blocking=True)
-                y = None if labels is None else labels[start:start + batch_size].to(device)
-                z = model.forward_features(x, width)
-                out[start:start + len(x)] = margins(z, head["weight"], head.get("bias"), y,
-                                                    mode).cpu()
-    finally:
-        model.train(was_training)
-    return out
+    batches = ((inputs[s:s + batch_size], None if labels is None else labels[s:s + batch_size])
+               for s in range(0, len(inputs), batch_size))
+    return score_batches(model, batches, width=width, mode=mode)

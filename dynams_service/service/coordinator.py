@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import ray
+import torch
 
 from ..core.job import JobSpec
 from ..core.models import build_architecture
 from ..core.partition import epoch_order, rank_part
 from ..core.policy import EpochKind, Plan
 from ..core.psp import PSPError, TensorRecord, records_to_state, spec_of
+from ..core.registry import UnknownName
 from ..core.selection import select
 from ..core.shards import (
     DatasetManifest,
@@ -153,6 +155,8 @@ class JobCoordinator:
             raise InvalidArgument(f"proxy width: {exc}") from None
         try:
             manifest, labels = verified_labels(spec.dataset_uri, spec.fingerprint)
+        except UnknownName as exc:  # the manifest names a decoder no one registered here
+            raise InvalidArgument(f"dataset {spec.dataset_uri}: {exc}") from None
         except DatasetNotFound as exc:
             raise NotFound(str(exc)) from None
         except InvalidDatasetURI as exc:
@@ -161,6 +165,7 @@ class JobCoordinator:
             raise FailedPrecondition(str(exc)) from None
         except ShardError as exc:
             raise FailedPrecondition(f"malformed dataset: {exc}") from None
+        _check_input_shape(proxy, spec.proxy.architecture, manifest.sample_shape)
         if spec.resources.num_scorers > len(manifest.shards):
             raise InvalidArgument(
                 f"num_scorers {spec.resources.num_scorers} exceeds the dataset's "
@@ -360,6 +365,19 @@ class JobCoordinator:
         for job in jobs:
             if job.pool is not None:
                 job.pool.shutdown()
+
+
+def _check_input_shape(proxy: torch.nn.Module, architecture: str,
+                       shape: tuple[int, ...]) -> None:
+    """Refuse a dataset whose decoded samples the architecture cannot read (one dry
+    forward of a zero sample), instead of failing every round in the scorers."""
+    try:
+        with torch.inference_mode():
+            proxy(torch.zeros((1, *shape)))
+    except (RuntimeError, ValueError) as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise InvalidArgument(f"architecture {architecture!r} cannot read this dataset's "
+                              f"samples of shape {list(shape)}: {reason}") from None
 
 
 def _round_of(plan: Plan, epoch: int) -> int:

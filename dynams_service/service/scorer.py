@@ -1,4 +1,4 @@
-"""Scorer actors: each holds its shard group's decoded samples and scores PSP snapshots.
+"""Scorer actors: each streams its shard group's samples and scores PSP snapshots.
 
 ``ScorerPool`` is the local facade over a job's K named actors
 (``dynams:<job>:scorer:<i>``): it creates them, fans a snapshot out, merges the results
@@ -18,10 +18,13 @@ import ray
 import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from ..core.decoders import Normalizer
 from ..core.job import JobSpec
 from ..core.models import build_architecture
-from ..core.scoring import score
-from ..core.shards import DatasetManifest, decode_samples, read_shards, shard_groups
+from ..core.registry import load_plugin_modules, plugin_modules
+from ..core.scoring import score_batches
+from ..core.shards import DatasetManifest, ShardError, shard_groups
+from ..core.stream import ShardStream
 from .errors import Internal
 
 __all__ = ["ScorerActor", "ScorerPool", "scorer_name", "ScoredShards"]
@@ -34,42 +37,56 @@ def scorer_name(job_id: str, i: int) -> str:
 
 
 class ScorerActor:
-    """Scores its rows with pushed PSP weights (a Ray actor; one per shard group)."""
+    """Scores its rows with pushed PSP weights (a Ray actor; one per shard group).
+
+    Rows stream from the shards each round through a ``ShardStream``; decoded rows are kept
+    up to ``cache_bytes`` (see NOTE [ streaming and caching ] in ``core.stream``).
+    """
 
     def __init__(self, dataset_uri: str, manifest_json: str, shard_ids: list[int],
-                 architecture: str, width: float, batch_size: int, threads: int) -> None:
+                 architecture: str, width: float, batch_size: int, threads: int,
+                 cache_bytes: int = 0, plugins: tuple[str, ...] = ()) -> None:
         torch.set_num_threads(max(1, threads))
+        load_plugin_modules(plugins)  # the operator's architectures and decoders
         manifest = DatasetManifest.model_validate_json(manifest_json)
-        rows = read_shards(dataset_uri, shard_ids, manifest=manifest)
         gpus = ray.get_gpu_ids()
         if gpus and not torch.cuda.is_available():  # CPU only when the job asks for 0 GPUs
             raise RuntimeError(f"Ray gave this scorer GPU {gpus} but torch sees no CUDA device; "
                                "install a CUDA build of torch on the GPU workers, or create "
                                "the job with num_gpus=0 to score on CPU")
         self.device = torch.device("cuda" if gpus else "cpu")
-        self.indices = rows.indices
-        self.labels = torch.from_numpy(rows.labels).to(self.device)
-        self.inputs = decode_samples(rows.samples, manifest).to(self.device)
+        self.stream = ShardStream(dataset_uri, manifest, shard_ids, batch_size=batch_size,
+                                  cache_bytes=cache_bytes, decode_threads=max(1, threads),
+                                  device=self.device)
+        self.normalize = Normalizer(manifest.mean, manifest.std)
         self.proxy = build_architecture(architecture).make_proxy(width).to(self.device)
-        self.batch_size = batch_size
 
     def info(self) -> dict:
         """Where this scorer runs and what it holds."""
         return {"node_id": ray.get_runtime_context().get_node_id(), "device": str(self.device),
-                "rows": int(len(self.indices)),
-                "input_bytes": int(self.inputs.numel() * self.inputs.element_size())}
+                "rows": self.stream.num_rows, "input_bytes": self.stream.cached_bytes}
 
     def pid(self) -> int:
         """The actor's process id (for operators and fault-injection tests)."""
         return os.getpid()
 
+    def peak_rss(self) -> int:
+        """This process's peak resident memory in bytes (VmHWM; for memory benchmarks)."""
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
     def score(self, snapshot: dict[str, np.ndarray], mode: str) -> tuple[np.ndarray, np.ndarray]:
         """(indices, margins) of this scorer's rows under the snapshot's weights."""
         state = {name: torch.from_numpy(np.array(a)) for name, a in snapshot.items()}
         self.proxy.load_state_dict(state, strict=True)
-        labels = self.labels if mode == "signed" else None
-        margins = score(self.proxy, self.inputs, labels, mode=mode, batch_size=self.batch_size)
-        return self.indices, margins.numpy()
+        signed = mode == "signed"
+        batches = ((self.normalize(b.samples.to(self.device, non_blocking=True)),
+                    torch.from_numpy(b.labels) if signed else None) for b in self.stream)
+        margins = score_batches(self.proxy, batches, mode=mode)
+        return self.stream.indices, margins.numpy()
 
 
 @dataclass(frozen=True)
@@ -145,7 +162,8 @@ class ScorerPool:
         return _create_named(lambda: remote.options(**options).remote(
             self.spec.dataset_uri, self.manifest.model_dump_json(), self.groups[i],
             self.spec.proxy.architecture, self.spec.proxy.width, res.batch_size,
-            int(max(1, res.num_cpus))), self.names[i])
+            int(max(1, res.num_cpus)), res.cache_bytes, tuple(plugin_modules())),
+            self.names[i])
 
     def score(self, snapshot_ref: ray.ObjectRef, mode: str,
               timeout: float = 3600) -> ScoredShards:
@@ -174,6 +192,8 @@ class ScorerPool:
                 self.infos[i] = ray.get(self.actors[i].info.remote(), timeout=timeout)
                 pending[self.actors[i].score.remote(snapshot_ref, mode)] = i
             except RayTaskError as exc:
+                if isinstance(exc.cause, ShardError):  # a corrupt sample: name shard and row
+                    raise Internal(f"scorer {self.names[i]}: {exc.cause}") from None
                 raise Internal(f"scorer {self.names[i]} failed: {exc}") from None
         margins = np.full(self.num_samples, np.nan, dtype=np.float32)
         for indices, part in results.values():

@@ -77,7 +77,7 @@ def test_fingerprint_changes_with_labels():
 def test_from_a_torch_dataset(tmp_path):
     data = torch.utils.data.TensorDataset(torch.rand(50, 3, 4, 4), torch.arange(50) % 5)
     manifest = write_shards_from_dataset(str(tmp_path / "ds"), data, rows_per_shard=16)
-    assert len(manifest.shards) == 4 and manifest.sample_dtype == "float32"
+    assert len(manifest.shards) == 4 and manifest.decoder["dtype"] == "float32"
     rows = read_shards(str(tmp_path / "ds"))
     assert np.allclose(rows.samples, data.tensors[0].numpy())
     assert rows.labels.tolist() == (np.arange(50) % 5).tolist()

@@ -1,0 +1,278 @@
+"""Sample decoders: what a shard's ``sample`` column holds → the tensors a model reads.
+
+A dataset's manifest names its decoder and parameters, e.g. ``{"name": "image", "size":
+[3, 64, 64]}``; the name is looked up in a registry that operators extend exactly like
+architectures (``register_decoder`` in a module loaded with ``dynams serve --models``), so a
+client only names a dataset and never sends code. A decoder turns stored values into an
+*unnormalised* tensor ``(B, *shape)`` (uint8 or float32, the compact form that caches
+hold); ``Normalizer`` then scales to [0, 1] and applies the manifest's mean/std.
+
+Built-ins:
+- ``raw``: fixed-size tensors stored as ``fixed_size_binary`` (``shape``, ``dtype``);
+- ``image``: JPEG/PNG/WebP/BMP bytes → grey or RGB → resize (antialiased bilinear, the
+  shorter side first) and centre-crop to ``size`` = (C, H, W). On a CUDA device, JPEGs are
+  decoded on the GPU in batches when torchvision is installed.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from .registry import Registry
+
+__all__ = [
+    "DecodeError",
+    "Decoder",
+    "RawDecoder",
+    "ImageDecoder",
+    "Normalizer",
+    "register_decoder",
+    "build_decoder",
+    "decoders",
+    "resize_center_crop",
+]
+
+RAW_DTYPES = ("uint8", "float32")
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class DecodeError(ValueError):
+    """A stored value that cannot be decoded; ``row`` is its position in the decoded batch."""
+
+    def __init__(self, row: int, reason: str) -> None:
+        super().__init__(f"row {row}: {reason}")
+        self.row = row
+        self.reason = reason
+
+
+class Decoder(ABC):
+    """Stored values of one dataset → unnormalised tensors ``(B, *shape)`` of ``dtype``."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    column_kind: str = "binary"  # the Arrow type it reads, for error messages
+
+    @abstractmethod
+    def accepts(self, column_type: pa.DataType) -> bool:
+        """Whether a shard's ``sample`` column of this Arrow type can be decoded."""
+
+    @abstractmethod
+    def decode(self, column: pa.Array) -> torch.Tensor:
+        """Decode every value of ``column`` on the CPU; ``DecodeError`` names a bad row."""
+
+    def decode_on(self, column: pa.Array, device: torch.device) -> torch.Tensor:
+        """Decode onto ``device``: on the CPU, then a non-blocking copy from pinned memory
+        (decoders that can decode on the device itself override this)."""
+        x = self.decode(column)
+        if device.type == "cuda":
+            return x.pin_memory().to(device, non_blocking=True)
+        return x.to(device)
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one decoded sample (what a cache of decoded rows pays per row)."""
+        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+
+
+class RawDecoder(Decoder):
+    """Fixed-size tensors stored row by row as ``fixed_size_binary`` (no decoding work)."""
+
+    def __init__(self, shape: Sequence[int], dtype: str = "uint8") -> None:
+        if dtype not in RAW_DTYPES:
+            raise ValueError(f"raw dtype must be one of {RAW_DTYPES}, got {dtype!r}")
+        shape = tuple(int(s) for s in shape)
+        if not shape or any(s < 1 for s in shape):
+            raise ValueError(f"raw shape must be positive sizes, got {list(shape)}")
+        self.shape = shape
+        self.numpy_dtype = np.dtype(dtype)
+        self.dtype = torch.uint8 if dtype == "uint8" else torch.float32
+        self.width = math.prod(shape) * self.numpy_dtype.itemsize
+        self.column_kind = f"fixed_size_binary[{self.width}]"
+
+    def accepts(self, column_type: pa.DataType) -> bool:
+        return column_type == pa.binary(self.width)
+
+    def view(self, column: pa.Array) -> np.ndarray:
+        """The column's values as a zero-copy numpy view ``(B, *shape)``."""
+        if not self.accepts(column.type):
+            raise DecodeError(0, f"expected fixed_size_binary[{self.width}], got {column.type}")
+        data = np.frombuffer(column.buffers()[1], dtype=np.uint8, count=self.width * len(column),
+                             offset=column.offset * self.width)
+        return data.view(self.numpy_dtype).reshape(-1, *self.shape)
+
+    def decode(self, column: pa.Array) -> torch.Tensor:
+        return torch.from_numpy(self.view(column).copy())
+
+
+class ImageDecoder(Decoder):
+    """Encoded images → uint8 ``(C, H, W)``: grey (C = 1) or RGB (C = 3), resized so the
+    image covers H×W (aspect kept, antialiased bilinear), then centre-cropped."""
+
+    dtype = torch.uint8
+
+    def __init__(self, size: Sequence[int], formats: Sequence[str] = IMAGE_FORMATS) -> None:
+        size = tuple(int(s) for s in size)
+        if len(size) != 3 or size[0] not in (1, 3) or min(size[1:]) < 1:
+            raise ValueError(f"image size must be [C, H, W] with C 1 or 3, got {list(size)}")
+        unknown = sorted(set(formats) - set(IMAGE_FORMATS))
+        if unknown:
+            raise ValueError(f"image formats {unknown} not supported; choose from "
+                             f"{list(IMAGE_FORMATS)}")
+        self.shape = size
+        self.formats = tuple(formats)
+        self.mode = "L" if size[0] == 1 else "RGB"
+
+    def accepts(self, column_type: pa.DataType) -> bool:
+        return pa.types.is_binary(column_type) or pa.types.is_large_binary(column_type)
+
+    def decode_one(self, data: bytes, row: int = 0) -> torch.Tensor:
+        """One encoded image → uint8 ``(C, H, W)``."""
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data), formats=self.formats) as img:
+                pixels = np.array(img.convert(self.mode))  # writable, for torch
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+            raise DecodeError(row, f"not a decodable {'/'.join(self.formats)} image "
+                                   f"({type(exc).__name__})") from None
+        x = torch.from_numpy(pixels)
+        x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
+        return resize_center_crop(x, self.shape[1], self.shape[2])
+
+    def decode(self, column: pa.Array) -> torch.Tensor:
+        if not self.accepts(column.type):
+            raise DecodeError(0, f"expected binary image bytes, got {column.type}")
+        out = torch.empty((len(column), *self.shape), dtype=torch.uint8)
+        for i, data in enumerate(column.to_pylist()):
+            if data is None:
+                raise DecodeError(i, "null sample")
+            out[i] = self.decode_one(data, i)
+        return out
+
+    def decode_on(self, column: pa.Array, device: torch.device) -> torch.Tensor:
+        """On CUDA with torchvision, JPEGs decode on the GPU in one batch; others on CPU."""
+        decode_jpeg = _gpu_jpeg_decoder() if device.type == "cuda" else None
+        if decode_jpeg is None:
+            return super().decode_on(column, device)
+        values = column.to_pylist()
+        if any(v is None for v in values):
+            return self.decode(column).to(device)  # names the null row
+        out = torch.empty((len(values), *self.shape), dtype=torch.uint8, device=device)
+        jpegs = [i for i, v in enumerate(values) if v[:3] == _JPEG_MAGIC]
+        try:
+            decoded = decode_jpeg([torch.frombuffer(bytearray(values[i]), dtype=torch.uint8)
+                                   for i in jpegs], self.shape[0], device) if jpegs else []
+        except RuntimeError:
+            return self.decode(column).to(device)  # the CPU decoder names the bad row
+        for i, x in zip(jpegs, decoded, strict=True):
+            out[i] = resize_center_crop(x, self.shape[1], self.shape[2])
+        for i in sorted(set(range(len(values))) - set(jpegs)):
+            out[i] = self.decode_one(values[i], i).to(device)
+        return out
+
+
+def _gpu_jpeg_decoder() -> Callable[[list[torch.Tensor], int, torch.device], list] | None:
+    """torchvision's batched GPU JPEG decoder, or None where torchvision is not installed."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except (ImportError, RuntimeError, OSError):  # absent, or built for another torch
+        return None
+
+    def run(data: list[torch.Tensor], channels: int, device: torch.device) -> list:
+        mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+        return decode_jpeg(data, mode=mode, device=device)
+
+    return run
+
+
+def resize_center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 ``(C, h, w)`` → ``(C, height, width)``: scale to cover (aspect kept, antialiased
+    bilinear, as torchvision's ``Resize`` on tensors), then crop the centre."""
+    h, w = x.shape[-2:]
+    if (h, w) == (height, width):
+        return x.contiguous()
+    scale = max(height / h, width / w)
+    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+    if (new_h, new_w) != (h, w):
+        y = F.interpolate(x[None].to(torch.float32), size=(new_h, new_w), mode="bilinear",
+                          antialias=True, align_corners=False)[0]
+        x = y.round_().clamp_(0, 255).to(torch.uint8)
+    top = int(round((new_h - height) / 2.0))
+    left = int(round((new_w - width) / 2.0))
+    return x[:, top:top + height, left:left + width].contiguous()
+
+
+class Normalizer:
+    """Unnormalised decoded samples → float32: uint8 scaled to [0, 1], then per-channel
+    ``(x − mean) / std`` (channel = dim 1), on the input's device."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        uint8 = x.dtype == torch.uint8
+        x = x.to(torch.float32)
+        if uint8:
+            x = x / 255.0
+        if x.device not in self._on:
+            self._on[x.device] = (self.mean.to(x.device), self.std.to(x.device))
+        mean, std = self._on[x.device]
+        shape = (1, len(self.mean)) + (1,) * (x.dim() - 2)
+        return (x - mean.reshape(shape)) / std.reshape(shape)
+
+
+# --- registry -------------------------------------------------------------------------
+
+_DECODERS: Registry[Callable[..., Decoder]] = Registry("decoder")
+
+
+def register_decoder(name: str, factory: Callable[..., Decoder], *,
+                     replace: bool = False) -> None:
+    """Make decoder ``name`` usable in manifests; ``factory(**params)`` returns a Decoder.
+
+    Call it at import time of a module the operator names (``dynams serve --models mod``).
+    """
+    _DECODERS.register(name, factory, replace=replace)
+
+
+def build_decoder(spec: Mapping[str, Any]) -> Decoder:
+    """The decoder a manifest names: ``{"name": NAME, **params}``.
+
+    Raises ``UnknownName`` (a KeyError) for an unregistered name and ValueError for
+    parameters the decoder does not take.
+    """
+    params = dict(spec)
+    name = params.pop("name", None)
+    factory = _DECODERS.get(name) if isinstance(name, str) else None
+    if factory is None:
+        raise ValueError(f"decoder spec needs a 'name', got {sorted(spec)}")
+    try:
+        decoder = factory(**params)
+    except TypeError as exc:
+        raise ValueError(f"decoder {name!r}: bad parameters {sorted(params)}: {exc}") from None
+    if not isinstance(decoder, Decoder):
+        raise TypeError(f"decoder factory {name!r} returned {type(decoder).__name__}, "
+                        "not a Decoder")
+    return decoder
+
+
+def decoders() -> list[str]:
+    """Names of all registered decoders."""
+    return _DECODERS.names()
+
+
+register_decoder("raw", RawDecoder)
+register_decoder("image", ImageDecoder)
