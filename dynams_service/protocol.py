@@ -102,6 +102,8 @@ def spec_from_proto(message: pb.JobSpec) -> JobSpec:
     resources = {k: v for k, v in (("num_scorers", r.num_scorers), ("num_cpus", r.num_cpus),
                                    ("num_gpus", r.num_gpus), ("batch_size", r.batch_size))
                  if message.HasField("resources")}
+    if r.HasField("cache_bytes"):
+        resources["cache_bytes"] = r.cache_bytes
     return JobSpec(
         job_id=message.job_id, dataset_uri=message.dataset_uri, epochs=message.epochs,
         fingerprint=DatasetFingerprint(num_samples=message.fingerprint.num_samples,

@@ -51,3 +51,49 @@ def test_errors_are_one_clear_line(args, message):
 def test_bad_flag_value():
     result = run("dataset", "convert", "--out", "x", "--rows-per-shard", "0")
     assert result.returncode == 2 and "must be >= 1" in result.stderr
+
+
+def test_image_folder_convert_and_verify_names_corrupt_rows(tmp_path, fashion_mnist_dir):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks.jpeg_data import jpeg_folder
+
+    folder = jpeg_folder(60, size=32, channels=3, root=tmp_path / "cache")
+    out = tmp_path / "ds"
+    result = run("dataset", "convert", "--image-folder", str(folder), "--out", str(out),
+                 "--size", "3,24,24", "--rows-per-shard", "25")
+    assert result.returncode == 0, result.stderr
+    assert "60 images, 10 classes, 3 shards, decoded [3, 24, 24]" in result.stdout
+    info = run("dataset", "info", str(out), "--verify")
+    assert info.returncode == 0, info.stderr
+    assert "decoder:        image {'size': [3, 24, 24]}" in info.stdout
+    assert "every sample decoded" in info.stdout and "ankle-boot" in info.stdout
+
+    shard = out / "shard-00001.parquet"
+    table = pq.read_table(shard)
+    values = table.column("sample").to_pylist()
+    values[3] = b"\xff\xd8\xff" + b"\x00" * 20  # a JPEG header and nothing else
+    pq.write_table(table.set_column(2, "sample", pa.array(values, type=pa.binary())), shard)
+    info = run("dataset", "info", str(out), "--verify")
+    assert info.returncode == 2
+    assert "shard-00001.parquet row 3 (dataset index 28)" in info.stderr
+    assert "Traceback" not in info.stderr
+
+
+def test_image_folder_convert_refuses_bad_size_and_corrupt_files(tmp_path, fashion_mnist_dir):
+    import shutil as sh
+
+    from benchmarks.jpeg_data import jpeg_folder
+
+    folder = tmp_path / "folder"
+    sh.copytree(jpeg_folder(60, size=32, channels=3, root=tmp_path / "cache"), folder)
+    bad_size = run("dataset", "convert", "--image-folder", str(folder), "--out",
+                   str(tmp_path / "x"), "--size", "4,32,32")
+    assert bad_size.returncode == 2 and "C 1 or 3" in bad_size.stderr
+    broken = sorted((folder / "bag").iterdir())[0]
+    broken.write_bytes(b"GIF89a")
+    result = run("dataset", "convert", "--image-folder", str(folder), "--out",
+                 str(tmp_path / "out"))
+    assert result.returncode == 2 and f"{broken}: not a decodable" in result.stderr
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.partial-*"))

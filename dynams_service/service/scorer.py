@@ -195,6 +195,9 @@ class ScorerPool:
                 if isinstance(exc.cause, ShardError):  # a corrupt sample: name shard and row
                     raise Internal(f"scorer {self.names[i]}: {exc.cause}") from None
                 raise Internal(f"scorer {self.names[i]} failed: {exc}") from None
+        with contextlib.suppress(GetTimeoutError, RayActorError, RayTaskError):
+            # What each scorer holds now (its cache fills during its first round).
+            self.infos = ray.get([a.info.remote() for a in self.actors], timeout=30)
         margins = np.full(self.num_samples, np.nan, dtype=np.float32)
         for indices, part in results.values():
             margins[indices] = part

@@ -110,16 +110,18 @@ class Policy(_message.Message):
     def __init__(self, ratio: _Optional[float] = ..., warmup_epochs: _Optional[int] = ..., interval_epochs: _Optional[int] = ..., anneal_epochs: _Optional[int] = ..., margin_mode: _Optional[_Union[MarginMode, str]] = ..., class_balance: _Optional[_Union[ClassBalance, str]] = ..., ratio_schedule: _Optional[_Union[RatioSchedule, str]] = ..., power_exponent: _Optional[float] = ..., seed: _Optional[int] = ..., staleness: _Optional[_Union[Staleness, str]] = ...) -> None: ...
 
 class ScorerResources(_message.Message):
-    __slots__ = ("num_scorers", "num_cpus", "num_gpus", "batch_size")
+    __slots__ = ("num_scorers", "num_cpus", "num_gpus", "batch_size", "cache_bytes")
     NUM_SCORERS_FIELD_NUMBER: _ClassVar[int]
     NUM_CPUS_FIELD_NUMBER: _ClassVar[int]
     NUM_GPUS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
     num_scorers: int
     num_cpus: float
     num_gpus: float
     batch_size: int
-    def __init__(self, num_scorers: _Optional[int] = ..., num_cpus: _Optional[float] = ..., num_gpus: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    cache_bytes: int
+    def __init__(self, num_scorers: _Optional[int] = ..., num_cpus: _Optional[float] = ..., num_gpus: _Optional[float] = ..., batch_size: _Optional[int] = ..., cache_bytes: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
     __slots__ = ("job_id", "dataset_uri", "fingerprint", "proxy", "policy", "epochs", "resources")

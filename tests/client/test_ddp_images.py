@@ -1,0 +1,35 @@
+"""A second real model path: cifar-resnet18 on 3x32x32 JPEG shards, scored by the selector
+and trained by two real gloo ranks (torchrun)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from dynams_service import read_manifest
+
+from .test_ddp import finish, torchrun
+
+
+def test_resnet18_on_jpeg_shards_two_ranks(tmp_path, jpeg_shards, fashion_mnist_dir):
+    from benchmarks.jpeg_data import jpeg_items
+    from dynams_service.core.shards import write_encoded_shards
+
+    root = tmp_path / "shards"
+    shutil.copytree(jpeg_shards[0], root / "train")
+    write_encoded_shards(str(root / "test"), jpeg_items(200, size=32, channels=3, split="test"),
+                         size=(3, 32, 32), num_classes=10, stats_from=jpeg_shards[1])
+    summary = tmp_path / "summary.json"
+    out = finish(torchrun(["--embedded", "--arch", "cifar-resnet18", "--shards", str(root),
+                           "--epochs", "3", "--ratio", "0.3", "--scorers", "2",
+                           "--batch-size", "50", "--job-id", "resnet-jpeg",
+                           "--state-dir", str(tmp_path / "state"), "--summary", str(summary)],
+                          cwd=tmp_path), timeout=600)
+    result = json.loads(summary.read_text())
+    kinds = [e["kind"] for e in result["epochs"]]
+    assert kinds == ["full", "subset", "subset"], out  # both rounds answered, no fallback
+    assert result["fallback_epochs"] == []
+    assert [e["samples"] for e in result["epochs"]] == [600, 180, 180]
+    assert read_manifest(str(root / "train")).decoder["name"] == "image"
+    assert Path(tmp_path / "state").exists()
