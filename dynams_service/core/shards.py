@@ -30,7 +30,14 @@ import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .decoders import DecodeError, Decoder, ImageDecoder, Normalizer, build_decoder
+from .decoders import (
+    DecodeError,
+    Decoder,
+    ImageDecoder,
+    Normalizer,
+    RawDecoder,
+    build_decoder,
+)
 from .registry import UnknownName
 
 __all__ = [
@@ -614,13 +621,13 @@ def read_shards(uri: str, shard_ids: Sequence[int] | None = None, *,
         column = table.column("sample").combine_chunks()
         parts_idx.append(index)
         parts_lab.append(label)
-        if hasattr(decoder, "view"):
+        if isinstance(decoder, RawDecoder):
             parts_smp.append(decoder.view(column))
-        else:
-            parts_smp.append(np.asarray(column.to_pylist() + [None], dtype=object)[:-1])
+        else:  # encoded: one bytes object per row
+            parts_smp.append(np.array(column.to_pylist(), dtype=object))
     if not parts_idx:
         empty = (np.zeros((0, *manifest.sample_shape), dtype=decoder.numpy_dtype)
-                 if hasattr(decoder, "view") else np.zeros(0, dtype=object))
+                 if isinstance(decoder, RawDecoder) else np.zeros(0, dtype=object))
         return ShardRows(np.zeros(0, np.int64), np.zeros(0, np.int64), empty)
     return ShardRows(np.concatenate(parts_idx), np.concatenate(parts_lab),
                      np.concatenate(parts_smp))
