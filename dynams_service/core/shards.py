@@ -13,9 +13,11 @@ datasets (raw tensors only) still read unchanged.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import posixpath
 import secrets
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -28,7 +30,14 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .decoders import (
     DecodeError,
@@ -70,6 +79,8 @@ MANIFEST_NAME = "dynams-dataset.json"
 FORMAT = "dynams-shards/2"
 FORMAT_V1 = "dynams-shards/1"
 MAX_MANIFEST_BYTES = 8 << 20
+MAX_SAMPLE_ELEMENTS = 1 << 28  # a decoded sample: 256 M elements at most
+SHARD_PATH_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]*$"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
@@ -108,9 +119,17 @@ class ShardInfo(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    path: str
+    path: str = Field(pattern=SHARD_PATH_PATTERN, max_length=255,
+                      description="relative to the dataset directory, never leaving it")
     start: int = Field(ge=0)
     stop: int = Field(ge=1)
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_dataset(cls, path: str) -> str:
+        if any(part in ("", ".", "..") for part in path.split("/")):
+            raise ValueError("shard paths are relative and stay inside the dataset directory")
+        return path
 
     @property
     def num_rows(self) -> int:
@@ -136,6 +155,25 @@ class DatasetManifest(BaseModel):
     shards: tuple[ShardInfo, ...]
     class_names: tuple[str, ...] | None = Field(
         None, description="label i's class name (image folders: sorted folder names)")
+
+    @field_validator("sample_shape")
+    @classmethod
+    def _bounded_shape(cls, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if not 1 <= len(shape) <= 8 or any(not 1 <= d <= 1 << 16 for d in shape) \
+                or math.prod(shape) > MAX_SAMPLE_ELEMENTS:
+            raise ValueError(f"sample_shape must have 1-8 sizes in [1, 65536] and at most "
+                             f"{MAX_SAMPLE_ELEMENTS} elements")
+        return shape
+
+    @model_validator(mode="after")
+    def _stats_per_channel(self) -> DatasetManifest:
+        if not len(self.mean) == len(self.std) == self.sample_shape[0]:
+            raise ValueError(f"mean and std need one value per channel "
+                             f"({self.sample_shape[0]}), got {len(self.mean)} and {len(self.std)}")
+        if any(not math.isfinite(v) for v in self.mean) or any(
+                not (math.isfinite(v) and v > 0) for v in self.std):
+            raise ValueError("mean must be finite and std finite and > 0")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -502,24 +540,46 @@ def _encoded_size(data: bytes) -> tuple[int, int, int]:
                          ) from None
 
 
+def regular_file_size(fs: pafs.FileSystem, path: str, what: str) -> int:
+    """The size of ``path`` after checking that it is a regular file.
+
+    Devices, FIFOs and sockets (a symlink to ``/dev/zero``, a named pipe) are refused
+    before anything opens them: reading one would never end or never start.
+    """
+    try:
+        info = fs.get_file_info(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ShardError(f"{path}: {what} unreadable ({type(exc).__name__})") from None
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(path)
+    if info.type != pafs.FileType.File or (
+            isinstance(fs, pafs.LocalFileSystem) and not stat.S_ISREG(os.stat(path).st_mode)):
+        raise ShardError(f"{path}: {what} is not a regular file")
+    return int(info.size or 0)
+
+
 def read_manifest(uri: str) -> DatasetManifest:
-    """Read and validate a dataset's manifest (``dynams-shards/1`` or ``/2``)."""
+    """Read and validate a dataset's manifest (``dynams-shards/1`` or ``/2``).
+
+    Only a regular file of at most 8 MiB is read; errors name the problem, never the
+    file's contents.
+    """
     fs, root = _filesystem(uri)
     path = posixpath.join(root, MANIFEST_NAME)
     try:
+        if regular_file_size(fs, path, "manifest") > MAX_MANIFEST_BYTES:
+            raise ShardError(f"{path}: manifest larger than {MAX_MANIFEST_BYTES >> 20} MiB")
         with fs.open_input_stream(path) as f:
             raw = f.read(MAX_MANIFEST_BYTES + 1)
     except (FileNotFoundError, OSError) as exc:
-        raise DatasetNotFound(
-            f"{uri}: no dataset here ({MANIFEST_NAME} unreadable: {exc})") from None
+        raise DatasetNotFound(f"{uri}: no dataset here ({MANIFEST_NAME} unreadable: "
+                              f"{type(exc).__name__})") from None
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ShardError(f"{path}: manifest larger than {MAX_MANIFEST_BYTES >> 20} MiB")
     try:
         manifest = DatasetManifest.model_validate_json(raw)
     except ValidationError as exc:
-        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                           for e in exc.errors(include_input=False)[:5])
-        raise ShardError(f"{path}: invalid manifest: {errors}") from None
+        raise ShardError(f"{path}: invalid manifest: {_describe(exc)}") from None
     if manifest.format not in (FORMAT, FORMAT_V1):
         raise ShardError(f"{path}: format {manifest.format!r}, this version reads "
                          f"{FORMAT!r} and {FORMAT_V1!r}")
@@ -535,13 +595,31 @@ def read_manifest(uri: str) -> DatasetManifest:
     return manifest
 
 
+def _describe(exc: ValidationError) -> str:
+    """Validation errors by field and reason, without the offending input: a manifest may
+    be any file a client pointed at, and its contents are not echoed back."""
+    known = set(DatasetManifest.model_fields) | set(DatasetFingerprint.model_fields) | set(
+        ShardInfo.model_fields)
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False)[:5]:
+        loc = ".".join(str(p) if isinstance(p, int) or p in known else "<field>"
+                       for p in error["loc"])
+        message = error["msg"] if error["type"] != "json_invalid" else "not valid JSON"
+        parts.append(f"{loc or 'manifest'}: {message}"[:200])
+    return "; ".join(parts)
+
+
 def open_shard(fs: pafs.FileSystem, root: str, shard: ShardInfo, decoder: Decoder,
                ) -> tuple[pq.ParquetFile, Any]:
-    """Open one shard after checking its schema and row count; returns (file, handle) —
-    close the handle when done."""
+    """Open one shard (a regular file) after checking its schema and row count; returns
+    (file, handle) — close the handle when done."""
     path = posixpath.join(root, shard.path)
     handle = None
     try:
+        regular_file_size(fs, path, "shard")
+        if isinstance(fs, pafs.LocalFileSystem) and not os.path.realpath(path).startswith(
+                os.path.realpath(root) + os.sep):
+            raise ShardError(f"{path}: shard resolves outside the dataset directory")
         handle = fs.open_input_file(path)
         parquet = pq.ParquetFile(handle)
         schema = parquet.schema_arrow
