@@ -67,7 +67,7 @@ def test_scorers_spread_over_nodes_and_read_only_their_shards(multinode):
     for scorer in spread:
         assert scorer["device"] == "cpu"
         assert scorer["rows"] == ROWS_PER_NODE
-        assert scorer["input_bytes"] == ROWS_PER_NODE * 28 * 28 * 4  # float32, decoded once
+        assert scorer["input_bytes"] == 0  # rows stream; the cache fills in the first round
         assert scorer["rss_bytes"] > scorer["input_bytes"]
     single = result["jobs"]["1"]["scorers"]
     assert len(single) == 1 and single[0]["rows"] == 2 * ROWS_PER_NODE
