@@ -64,7 +64,7 @@ def scorer_rate(uri: str, device: torch.device, proxy) -> float:
     normalize = Normalizer(manifest.mean, manifest.std)
     model = proxy.to(device)
     seconds = timed(lambda: score_batches(model, ((normalize(b.samples), None)
-                                                  for b in stream)), device)
+                                                  for b in stream), stream.num_rows), device)
     return manifest.num_samples / seconds
 
 

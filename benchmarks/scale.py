@@ -127,20 +127,20 @@ def pin_process(pid: int, core: int) -> None:
         os.sched_setaffinity(int(tid), {core})
 
 
-def stream_vs_loop(uri: str, repeats: int) -> dict:
-    """The streaming scorer actor against the plain loop, both on core 0."""
+def stream_vs_loop(uri: str, repeats: int, core: int) -> dict:
+    """The streaming scorer actor against the plain loop, both pinned to ``core``."""
     import ray
 
     manifest = read_manifest(uri)
     torch.set_num_threads(1)
-    os.sched_setaffinity(0, {0})
+    os.sched_setaffinity(0, {core})
     torch.manual_seed(0)
     proxy = build_architecture(ARCH).make_proxy(WIDTH).eval()
     proxy.load_state_dict({k: torch.from_numpy(v) for k, v in snapshot().items()})
     decoder, normalize = ImageDecoder(manifest.sample_shape), Normalizer(manifest.mean,
                                                                           manifest.std)
     actor = scorer(uri, list(range(len(manifest.shards))), cache_bytes=0)
-    pin_process(ray.get(actor.pid.remote()), 0)
+    pin_process(ray.get(actor.pid.remote()), core)
     snap = snapshot()
     started = time.perf_counter()
     ray.get(actor.score.remote(snap, "distance"))  # warm-up (file cache, allocator)
@@ -179,7 +179,8 @@ def cached_vs_today(work: Path, repeats: int) -> dict:
     normalize = Normalizer(manifest.mean, manifest.std)
 
     def new_round() -> torch.Tensor:
-        return score_batches(proxy, ((normalize(b.samples), None) for b in stream))
+        return score_batches(proxy, ((normalize(b.samples), None) for b in stream),
+                             stream.num_rows)
 
     first = new_round()  # fills the cache
     if not torch.equal(first, score(proxy, inputs, batch_size=BATCH)):
@@ -207,6 +208,9 @@ def main() -> None:
     parser.add_argument("--loop-rows", type=int, default=20_000,
                         help="rows of the stream-vs-loop comparison")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--core", type=int, default=(os.cpu_count() or 1) - 1,
+                        help="the core both sides of stream-vs-loop are pinned to "
+                             "(default: the last)")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument("--out", type=Path, help="also write scale.json here")
     args = parser.parse_args()
@@ -220,7 +224,7 @@ def main() -> None:
         generated = time.perf_counter() - started
         start_ray(work)
         result = {"generate_seconds": generated, "rss": rss_growth(big, args.small_rows),
-                  "loop": stream_vs_loop(loop_uri, args.repeats),
+                  "loop": stream_vs_loop(loop_uri, args.repeats, args.core),
                   "cached": cached_vs_today(work, max(3, args.repeats))}
         figures = {"scorer_rss_growth": result["rss"]["scorer_rss_growth"],
                    "stream_vs_loop": result["loop"]["stream_vs_loop"],

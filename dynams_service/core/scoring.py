@@ -13,30 +13,38 @@ __all__ = ["score", "score_batches"]
 
 
 def score_batches(model: SlimmableModel,
-                  batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], *,
-                  width: float = 1.0, mode: MarginMode = "distance") -> torch.Tensor:
-    """Margins ``(N,)`` float32 (on the CPU) over ``(inputs, labels)`` batches, in order.
+                  batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], num_rows: int,
+                  *, width: float = 1.0, mode: MarginMode = "distance") -> torch.Tensor:
+    """Margins ``(num_rows,)`` float32 (on the CPU) over ``(inputs, labels)`` batches.
 
     The batches are consumed in eval mode under ``torch.inference_mode()`` (so a generator
     that moves and normalises inputs runs there too); the model's training flag is
-    restored afterwards. Labels are needed for ``mode="signed"``, else pass None.
+    restored afterwards. Labels are needed for ``mode="signed"``, else pass None. The
+    output is allocated once up front: small per-batch results kept alive between large
+    transient activations would fragment the heap of a long streaming pass.
     """
     head = model.head.slice_state(width)
     device = head["weight"].device
     was_training = model.training
     model.eval()
-    parts = []
+    out = torch.empty(num_rows, dtype=torch.float32)
+    done = 0
     try:
         with torch.inference_mode():
             for x, y in batches:
                 if y is not None and len(y) != len(x):
                     raise ValueError(f"{len(y)} labels for {len(x)} inputs")
+                if done + len(x) > num_rows:
+                    raise ValueError(f"more than the {num_rows} rows announced")
                 z = model.forward_features(x.to(device, non_blocking=True), width)
                 y = None if y is None else y.to(device)
-                parts.append(margins(z, head["weight"], head.get("bias"), y, mode).cpu())
+                out[done:done + len(x)] = margins(z, head["weight"], head.get("bias"), y, mode)
+                done += len(x)
     finally:
         model.train(was_training)
-    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float32)
+    if done != num_rows:
+        raise ValueError(f"{done} rows scored, {num_rows} announced")
+    return out
 
 
 def score(model: SlimmableModel, inputs: torch.Tensor, labels: torch.Tensor | None = None, *,
@@ -54,4 +62,4 @@ def score(model: SlimmableModel, inputs: torch.Tensor, labels: torch.Tensor | No
         raise ValueError(f"{len(labels)} labels for {len(inputs)} inputs")
     batches = ((inputs[s:s + batch_size], None if labels is None else labels[s:s + batch_size])
                for s in range(0, len(inputs), batch_size))
-    return score_batches(model, batches, width=width, mode=mode)
+    return score_batches(model, batches, len(inputs), width=width, mode=mode)

@@ -85,7 +85,7 @@ class ScorerActor:
         signed = mode == "signed"
         batches = ((self.normalize(b.samples.to(self.device, non_blocking=True)),
                     torch.from_numpy(b.labels) if signed else None) for b in self.stream)
-        margins = score_batches(self.proxy, batches, mode=mode)
+        margins = score_batches(self.proxy, batches, self.stream.num_rows, mode=mode)
         return self.stream.indices, margins.numpy()
 
 

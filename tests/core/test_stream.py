@@ -32,7 +32,7 @@ V1_DATASET = Path(__file__).resolve().parents[1] / "data" / "fmnist-v1"
 
 def stream_margins(stream: ShardStream, proxy) -> torch.Tensor:
     normalize = Normalizer(stream.manifest.mean, stream.manifest.std)
-    return score_batches(proxy, ((normalize(b.samples), None) for b in stream))
+    return score_batches(proxy, ((normalize(b.samples), None) for b in stream), stream.num_rows)
 
 
 def in_memory_margins(uri: str, proxy, shard_ids=None, batch_size: int = 256) -> torch.Tensor:
