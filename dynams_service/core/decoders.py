@@ -220,18 +220,20 @@ class Normalizer:
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.std = torch.tensor(std, dtype=torch.float32)
-        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._on: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         uint8 = x.dtype == torch.uint8
-        x = x.to(torch.float32)
+        y = x.to(torch.float32, copy=True)  # never the caller's (cached) tensor
         if uint8:
-            x = x / 255.0
-        if x.device not in self._on:
-            self._on[x.device] = (self.mean.to(x.device), self.std.to(x.device))
-        mean, std = self._on[x.device]
-        shape = (1, len(self.mean)) + (1,) * (x.dim() - 2)
-        return (x - mean.reshape(shape)) / std.reshape(shape)
+            y.div_(255.0)
+        key = (y.device, y.dim())
+        if key not in self._on:
+            shape = (1, len(self.mean)) + (1,) * (y.dim() - 2)
+            self._on[key] = (self.mean.to(y.device).reshape(shape),
+                             self.std.to(y.device).reshape(shape))
+        mean, std = self._on[key]
+        return y.sub_(mean).div_(std)  # in place: one allocation per batch
 
 
 # --- registry -------------------------------------------------------------------------
