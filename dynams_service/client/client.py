@@ -104,9 +104,19 @@ class SelectorClient:
         return self._call("GetJob", lambda t: self._stub.GetJob(
             pb.GetJobRequest(job_id=job_id), timeout=t, metadata=self._metadata), timeout)
 
-    def list_jobs(self, timeout: float | None = None) -> list[pb.Job]:
-        return list(self._call("ListJobs", lambda t: self._stub.ListJobs(
-            pb.ListJobsRequest(), timeout=t, metadata=self._metadata), timeout).jobs)
+    def list_jobs(self, timeout: float | None = None, page_size: int = 100) -> list[pb.Job]:
+        """Every job's summary (spec, state, round counts), fetched a page at a time;
+        ``get_job`` has a job's rounds and scorers."""
+        jobs: list[pb.Job] = []
+        token = ""
+        while True:
+            request = pb.ListJobsRequest(page_size=page_size, page_token=token)
+            page = self._call("ListJobs", lambda t, r=request: self._stub.ListJobs(
+                r, timeout=t, metadata=self._metadata), timeout)
+            jobs.extend(page.jobs)
+            if not page.next_page_token:
+                return jobs
+            token = page.next_page_token
 
     def delete_job(self, job_id: str, timeout: float | None = None) -> bool:
         return self._call("DeleteJob", lambda t: self._stub.DeleteJob(
