@@ -60,6 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
     import ray
 
     from .core.models import load_model_modules
+    from .service.lifeline import Lifeline
     from .service.limits import Limits
     from .service.server import SelectorServer, TLSFiles
 
@@ -80,11 +81,22 @@ def _serve(args: argparse.Namespace) -> int:
         stream_idle_timeout=args.stream_idle_timeout, placement_timeout=args.placement_timeout,
         job_ttl=args.job_ttl, job_expiry=args.job_expiry)
     load_model_modules(args.models)
+    lifeline = None
+
+    def embedded_ray():
+        # NOTE [ lifeline ] in service/lifeline.py; the dashboard listens on loopback only.
+        nonlocal lifeline
+        lifeline = Lifeline.start()
+        return ray.init(address="local", dashboard_host="127.0.0.1",
+                        logging_level=logging.WARNING)
+
     if args.ray_address == "auto":
         try:
             context = ray.init(address="auto", logging_level=logging.WARNING)
         except ConnectionError:
-            context = ray.init(address="local", logging_level=logging.WARNING)
+            context = embedded_ray()
+    elif args.ray_address == "local":
+        context = embedded_ray()
     else:
         context = ray.init(address=args.ray_address, logging_level=logging.WARNING)
     tls = TLSFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
@@ -103,6 +115,8 @@ def _serve(args: argparse.Namespace) -> int:
     print("shutting down: stopping scorers, state is on disk", flush=True)
     server.stop()
     ray.shutdown()
+    if lifeline is not None:
+        lifeline.release()
     return 0
 
 
