@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dynams_service import ScorerResources, export_psp
 from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.core.shards import write_shards
 from dynams_service.proto.dynams.v1 import selector_pb2_grpc
 from dynams_service.protocol import pb, records_to_chunks
 from dynams_service.service.errors import DeadlineExceeded
@@ -212,6 +213,30 @@ def test_an_idle_push_is_cancelled_and_frees_its_slot(server_factory, small_shar
     eventually(lambda: server.calls.active() == 0, "the slot is free")
     ack = client.push_weights("idle-push", 1, 1, export_psp(trained_model, 0.25))
     assert ack.round == 0
+
+
+def test_a_selection_stream_whose_client_stops_reading_is_cancelled(server_factory,
+                                                                     tmp_path):
+    """A full epoch of 300k indices (3 chunks) to a client that reads one chunk, then
+    nothing: the server's send blocks on flow control until the idle timeout."""
+    labels = np.arange(300_000, dtype=np.int64) % 10
+    uri = str(tmp_path / "tiny")
+    manifest = write_shards(uri, np.zeros((300_000, 1, 1, 1), np.uint8), labels,
+                            rows_per_shard=100_000)
+    server = server_factory(limits=Limits(stream_idle_timeout=1.0))
+    spec = make_spec((uri, manifest), "slow-reader").model_copy(update={
+        "resources": ScorerResources(num_scorers=1, num_cpus=0)})
+    SelectorClient(server.address, retries=0).create_job(spec)
+    channel = grpc.insecure_channel(server.address, options=[("grpc.http2.bdp_probe", 0)])
+    stub = selector_pb2_grpc.SelectorStub(channel)
+    stream = stub.GetSelection(pb.GetSelectionRequest(job_id="slow-reader", epoch=0, rank=0,
+                                                      world_size=1), timeout=120)
+    assert next(stream).header.global_count == 300_000
+    eventually(lambda: server.calls.cancelled_idle == 1, "the stalled stream was cancelled")
+    eventually(lambda: server.calls.active() == 0, "its slot is free")
+    with pytest.raises(grpc.RpcError) as info:
+        list(stream)
+    assert info.value.code() == C.CANCELLED
 
 
 def test_idle_jobs_release_their_scorers_and_a_push_brings_them_back(server_factory,

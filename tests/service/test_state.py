@@ -98,6 +98,9 @@ def test_list_jobs_is_summaries_in_pages_whatever_the_jobs_length(server_factory
     assert [j.spec.job_id for j in jobs] == [f"long-{i}" for i in range(4)]
     detail = client.get_job("long-3")
     assert len(detail.rounds) == 99_999 and len(detail.epoch_sizes) == 100_000
+    with pytest.raises(SelectorRpcError) as info:
+        client.get_job("nope")
+    assert info.value.code == C.NOT_FOUND and "long-" not in info.value.details  # no id list
     with pytest.raises(grpc.RpcError) as raw:
         client._stub.ListJobs(pb.ListJobsRequest(page_size=5000), timeout=30)
     assert raw.value.code() == C.INVALID_ARGUMENT
