@@ -126,6 +126,7 @@ class _Quarantined:
     job_id: str
     spec: JobSpec | None
     error: str
+    retryable: bool = False  # its files are fine, restoring failed (e.g. dataset missing)
 
 
 class JobCoordinator:
@@ -161,19 +162,20 @@ class JobCoordinator:
         """
         restored = 0
         for loaded in self.store.load():
-            error = loaded.error
+            error, retryable = loaded.error, False
             job = None
             if not error and loaded.spec is not None:
                 try:
                     job = self._prepare(loaded.spec)
                 except Exception as exc:  # noqa: BLE001 - one bad job must not stop the rest
-                    error = f"cannot restore: {exc}"
+                    error, retryable = f"cannot restore: {exc}", True
             if job is None:
-                log.error("job %s quarantined (listed as failed; delete it to drop it): %s",
-                          loaded.job_id, error)
+                log.error("job %s quarantined (listed as failed; %s): %s", loaded.job_id,
+                          "CreateJob with its spec retries it" if retryable
+                          else "delete it to drop it", error)
                 with self._lock:
                     self._quarantined[loaded.job_id] = _Quarantined(
-                        loaded.job_id, loaded.spec, error[:1000])
+                        loaded.job_id, loaded.spec, error[:1000], retryable)
                 continue
             job.rounds.update(loaded.rounds)
             with self._lock:
@@ -211,26 +213,41 @@ class JobCoordinator:
                         "or use another job_id")
                 existing.last_used = time.monotonic()
                 return self._status(existing)
-            if spec.job_id in self._quarantined:
-                raise AlreadyExists(f"job {spec.job_id!r} exists but its persisted state is "
-                                    "unreadable (listed as failed); delete it first")
+            quarantined = self._quarantined.get(spec.job_id)
+            if quarantined is not None and not (quarantined.retryable
+                                                and quarantined.spec == spec):
+                raise AlreadyExists(f"job {spec.job_id!r} exists but could not be restored "
+                                    "(listed as failed); delete it first")
             admission.check_job_count(len(self._jobs) + len(self._creating), self.limits)
             admission.check_resources(spec, self.limits)
             self._creating[spec.job_id] = spec
+            self._quarantined.pop(spec.job_id, None)  # retried: restored below, or back
+        job = None
         try:
-            job = self._place(spec, deadline, gave_up)
+            job = self._place(spec, deadline, gave_up, resume=quarantined is not None)
         finally:
             with self._lock:
                 self._creating.pop(spec.job_id, None)
+                if job is None and quarantined is not None:
+                    self._quarantined[spec.job_id] = quarantined
                 self._changed.notify_all()
         log.info("created job %s: %d samples, %d scorers, %d epochs", spec.job_id,
                  spec.fingerprint.num_samples, spec.resources.num_scorers, len(job.plan.sizes))
         with self._lock:
             return self._status(job)
 
-    def _place(self, spec: JobSpec, deadline: float, gave_up: Callable[[], bool]) -> _Job:
-        """Validate, start the scorers, save the spec, register; undo all on any failure."""
+    def _place(self, spec: JobSpec, deadline: float, gave_up: Callable[[], bool],
+               resume: bool = False) -> _Job:
+        """Validate, start the scorers, save the spec, register; undo all on any failure.
+
+        ``resume``: the job was persisted but could not be restored; its saved rounds
+        are taken back.
+        """
         job = self._prepare(spec)
+        if resume:
+            loaded = self.store.load_job(spec.job_id)
+            if loaded is not None and not loaded.error:
+                job.rounds.update(loaded.rounds)
         admission.check_memory(spec, job.manifest, self.limits)
         remaining = deadline - time.monotonic()
         if remaining <= 0 or gave_up():
@@ -252,7 +269,8 @@ class JobCoordinator:
             try:
                 self.store.save_spec(spec)
             except OSError as exc:
-                self._forget_files(spec.job_id)
+                if not resume:
+                    self._forget_files(spec.job_id)
                 raise Internal(f"cannot save job {spec.job_id!r} under the state dir "
                                f"({type(exc).__name__}: {exc.strerror or exc}); its scorers "
                                "were released") from None
@@ -301,9 +319,7 @@ class JobCoordinator:
         job = self._jobs.get(job_id)
         if job is None:
             if job_id in self._quarantined:
-                raise FailedPrecondition(
-                    f"job {job_id!r} is quarantined: {self._quarantined[job_id].error}; "
-                    "delete it and create it again")
+                raise FailedPrecondition(_quarantine_message(self._quarantined[job_id]))
             # The message names no other job: ids may be private to their owners.
             raise NotFound(f"no job {job_id!r}; create it first")
         if touch:
@@ -312,10 +328,6 @@ class JobCoordinator:
 
     def get_job(self, job_id: str) -> JobStatus:
         with self._lock:
-            quarantined = self._quarantined.get(job_id)
-            if quarantined is not None:
-                raise FailedPrecondition(f"job {job_id!r} is quarantined: {quarantined.error}; "
-                                         "delete it and create it again")
             job = self._job(job_id)
             snapshot = _Snapshot.of(job)
         return snapshot.status()
@@ -379,10 +391,15 @@ class JobCoordinator:
                     and j.pool is not None and now - j.last_used > ttl and not j.scoring]
         released = []
         for job in idle:
-            with job.pool_lock, self._lock:
-                if job.scoring or job.deleted or time.monotonic() - job.last_used <= ttl:
-                    continue
-                pool, job.pool = job.pool, None
+            if not job.pool_lock.acquire(blocking=False):
+                continue  # its scorers are being started: not idle
+            try:
+                with self._lock:
+                    if job.scoring or job.deleted or time.monotonic() - job.last_used <= ttl:
+                        continue
+                    pool, job.pool = job.pool, None
+            finally:
+                job.pool_lock.release()
             if pool is not None:
                 pool.shutdown()
                 released.append(job.spec.job_id)
@@ -548,6 +565,12 @@ class JobCoordinator:
         for job in jobs:
             if job.pool is not None:
                 job.pool.shutdown()
+
+
+def _quarantine_message(q: _Quarantined) -> str:
+    retry = ("fix what it needs and CreateJob it again with the same spec, or delete it"
+             if q.retryable else "delete it and create it again")
+    return f"job {q.job_id!r} could not be restored ({q.error}); {retry}"
 
 
 def _state(job: _Job) -> str:

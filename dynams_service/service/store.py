@@ -106,33 +106,39 @@ class StateStore:
             if job_dir.name.startswith(_TOMBSTONE):
                 shutil.rmtree(job_dir, ignore_errors=True)  # a deletion that was cut short
                 continue
-            if not job_dir.is_dir():
-                continue
-            for leftover in job_dir.glob(".tmp-*"):
-                leftover.unlink(missing_ok=True)
-            spec_path = job_dir / "spec.json"
-            if not spec_path.exists():
-                continue
-            try:
-                spec = JobSpec.model_validate_json(spec_path.read_bytes())
-            except (OSError, ValueError) as exc:
-                jobs.append(LoadedJob(job_dir.name, None, {}, f"unreadable spec.json: "
-                                      f"{_first_line(exc)}"))
-                continue
-            if spec.job_id != job_dir.name:
-                jobs.append(LoadedJob(job_dir.name, None, {}, f"spec.json names job "
-                                      f"{spec.job_id!r}, its directory {job_dir.name!r}"))
-                continue
-            rounds, error = {}, ""
-            for path in sorted(job_dir.glob("round-*.arrow")):
-                try:
-                    result = _read_round(path)
-                except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
-                    error = f"unreadable {path.name}: {_first_line(exc)}"
-                    break
-                rounds[result.round] = result
-            jobs.append(LoadedJob(job_dir.name, spec, rounds, error))
+            loaded = self._load_dir(job_dir)
+            if loaded is not None:
+                jobs.append(loaded)
         return jobs
+
+    def load_job(self, job_id: str) -> LoadedJob | None:
+        """One persisted job, as ``load`` reads it; None if it has no saved spec."""
+        return self._load_dir(self._job_dir(job_id))
+
+    def _load_dir(self, job_dir: Path) -> LoadedJob | None:
+        if not job_dir.is_dir():
+            return None
+        for leftover in job_dir.glob(".tmp-*"):
+            leftover.unlink(missing_ok=True)
+        spec_path = job_dir / "spec.json"
+        if not spec_path.exists():
+            return None
+        try:
+            spec = JobSpec.model_validate_json(spec_path.read_bytes())
+        except (OSError, ValueError) as exc:
+            return LoadedJob(job_dir.name, None, {}, f"unreadable spec.json: {_first_line(exc)}")
+        if spec.job_id != job_dir.name:
+            return LoadedJob(job_dir.name, None, {}, f"spec.json names job {spec.job_id!r}, "
+                                                     f"its directory {job_dir.name!r}")
+        rounds = {}
+        for path in sorted(job_dir.glob("round-*.arrow")):
+            try:
+                result = _read_round(path)
+            except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+                return LoadedJob(job_dir.name, spec, {},
+                                 f"unreadable {path.name}: {_first_line(exc)}")
+            rounds[result.round] = result
+        return LoadedJob(job_dir.name, spec, rounds)
 
 
 def _first_line(exc: BaseException, limit: int = 300) -> str:

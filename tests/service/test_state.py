@@ -3,6 +3,8 @@ happen are errors; ListJobs stays small whatever the jobs' length."""
 
 from __future__ import annotations
 
+import shutil
+
 import grpc
 import numpy as np
 import pytest
@@ -48,7 +50,8 @@ def test_corrupt_state_quarantines_only_that_job(server_factory, small_shards, t
         assert jobs[bad].state == pb.JOB_STATE_FAILED and file in jobs[bad].error
         with pytest.raises(SelectorRpcError) as info:
             client.get_selection(bad, 1, 0, 1)
-        assert info.value.code == C.FAILED_PRECONDITION and "quarantined" in info.value.details
+        assert info.value.code == C.FAILED_PRECONDITION
+        assert "could not be restored" in info.value.details
     header, part = client.get_selection("good", 1, 0, 1)
     assert header.weights_version == 7 and sorted(part.tolist()) == list(range(1200))
 
@@ -63,6 +66,28 @@ def test_corrupt_state_quarantines_only_that_job(server_factory, small_shards, t
     with pytest.raises(SelectorRpcError) as info:
         client.create_job(spec)
     assert info.value.code == C.ALREADY_EXISTS and "delete it first" in info.value.details
+
+
+def test_a_job_whose_dataset_vanished_is_listed_failed_and_resumes_when_created_again(
+        server_factory, small_shards, tmp_path):
+    uri, manifest = small_shards
+    data = tmp_path / "data"
+    shutil.copytree(uri, data)
+    spec = make_spec((str(data), manifest), "moved").model_copy(update={"resources": NO_CPU})
+    persisted(tmp_path / "state", spec, rounds=1)
+    data.rename(tmp_path / "elsewhere")
+    server = server_factory(state_dir=tmp_path / "state")
+    client = SelectorClient(server.address, retries=0)
+    [job] = client.list_jobs()
+    assert job.state == pb.JOB_STATE_FAILED and "cannot restore" in job.error
+    with pytest.raises(SelectorRpcError) as info:
+        client.create_job(spec)  # still missing: still failed
+    assert info.value.code == C.NOT_FOUND
+    assert client.list_jobs()[0].state == pb.JOB_STATE_FAILED
+    (tmp_path / "elsewhere").rename(data)
+    assert client.create_job(spec).rounds_done == 1  # resumed with its saved round
+    header, part = client.get_selection("moved", 1, 0, 1)
+    assert header.weights_version == 7 and sorted(part.tolist()) == list(range(1200))
 
 
 def test_delete_on_a_read_only_state_dir_is_an_error(server_factory, small_shards, tmp_path,
