@@ -241,12 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="GIB", help="estimated memory per job in GiB: 0.5 GiB per "
                                             "scorer process plus its decoded rows "
                                             "(default: unlimited)")
-    limits.add_argument("--max-streams", type=_positive_int, default=24,
-                        help="streams and CreateJob calls at once, all clients (default: 24, "
-                             "below the 32 worker threads)")
-    limits.add_argument("--max-streams-per-peer", type=_positive_int, default=8,
-                        help="streams and CreateJob calls at once per client host "
-                             "(default: 8)")
+    limits.add_argument("--max-streams", type=_positive_int, default=96,
+                        help="streams and CreateJob calls at once, all clients (default: 96, "
+                             "below the 128 worker threads)")
+    limits.add_argument("--max-streams-per-peer", type=_positive_int, default=32,
+                        help="streams and CreateJob calls at once per client host; a "
+                             "trainer rank holds up to 3 (default: 32)")
     limits.add_argument("--stream-idle-timeout", type=_positive_float, default=60.0,
                         metavar="S", help="cancel a stream silent this long (default: 60)")
     limits.add_argument("--placement-timeout", type=_positive_float, default=300.0,

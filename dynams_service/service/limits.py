@@ -15,7 +15,7 @@ class Limits(BaseModel):
 
     Example:
         >>> Limits(max_jobs=4, job_ttl=600).max_streams_per_peer
-        8
+        32
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -27,9 +27,11 @@ class Limits(BaseModel):
     max_memory_per_job: int | None = Field(
         None, gt=0, description="bytes; estimated as in admission.estimated_memory")
     max_streams: int = Field(
-        24, ge=1, description="long calls at once (streams and CreateJob), all peers; keep "
+        96, ge=1, description="long calls at once (streams and CreateJob), all peers; keep "
                               "it below the server's worker threads so short calls always run")
-    max_streams_per_peer: int = Field(8, ge=1, description="long calls at once per peer host")
+    max_streams_per_peer: int = Field(
+        32, ge=1, description="long calls at once per peer host (a trainer rank holds up to "
+                              "three: this epoch's and the next one's answer, and a push)")
     stream_idle_timeout: float = Field(
         60.0, gt=0, description="seconds a stream may go without a message before it is "
                                 "cancelled")

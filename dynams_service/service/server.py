@@ -84,7 +84,7 @@ class SelectorServer:
 
     def __init__(self, address: str = "127.0.0.1:50051", *, state_dir: str | Path,
                  token: str | None = None, tls: TLSFiles | None = None,
-                 max_workers: int = 32, dashboard_url: str = "",
+                 max_workers: int = 128, dashboard_url: str = "",
                  limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
         if self.limits.max_streams >= max_workers:

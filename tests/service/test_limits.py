@@ -196,6 +196,40 @@ def test_long_calls_are_capped_per_peer_and_short_calls_still_run(server_factory
         thread.join()
     assert [r["code"] for r in results] == [C.OK, C.OK]
     assert server.calls.active() == 0
+    assert len(client.get_selection("capped", 1, 0, 1, timeout=300)[1]) == 1200
+
+
+def test_forty_slow_pushes_starve_no_one(server_factory, small_shards, trained_model):
+    """The probe's case with the default limits: 40 slow PushWeights streams from one host
+    once made health, GetJob and GetSelection time out. Now that host holds at most its
+    cap of threads, its further streams are refused at once (a sampler falls back instead
+    of waiting), and short calls and other hosts are served."""
+    server = server_factory()
+    client = SelectorClient(server.address, retries=0)
+    spec = with_resources(make_spec(small_shards, "starved"), num_scorers=1, num_cpus=0)
+    client.create_job(spec)
+    release = threading.Event()
+    results = [{} for _ in range(40)]
+    threads = [stalled_push(server.address, "starved", trained_model, release, r)
+               for r in results]
+    cap = server.limits.max_streams_per_peer
+    eventually(lambda: server.calls.active() == cap and sum(map(len, results)) == 40 - cap,
+               "the per-host cap is reached and the rest refused")
+    assert {r["code"] for r in results if r} == {C.RESOURCE_EXHAUSTED}
+    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(server.address))
+    assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+        health_pb2.HealthCheckResponse.SERVING
+    assert client.get_job("starved").spec.job_id == "starved"
+    code, _ = code_of(lambda: client.get_selection("starved", 0, 0, 1, timeout=10))
+    assert code == C.RESOURCE_EXHAUSTED  # this host's cap, answered at once
+    assert server.calls.active() < server.limits.max_streams  # room for other hosts
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert sum(r["code"] == C.OK for r in results) == cap
+    header, part = client.get_selection("starved", 0, 0, 1, timeout=10)  # a full epoch
+    assert len(part) == 4000
+    assert len(client.get_selection("starved", 1, 0, 1, timeout=300)[1]) == 1200  # pushed
 
 
 def test_an_idle_push_is_cancelled_and_frees_its_slot(server_factory, small_shards,
@@ -213,6 +247,7 @@ def test_an_idle_push_is_cancelled_and_frees_its_slot(server_factory, small_shar
     eventually(lambda: server.calls.active() == 0, "the slot is free")
     ack = client.push_weights("idle-push", 1, 1, export_psp(trained_model, 0.25))
     assert ack.round == 0
+    assert len(client.get_selection("idle-push", 1, 0, 1, timeout=300)[1]) == 1200
 
 
 def test_a_selection_stream_whose_client_stops_reading_is_cancelled(server_factory,
