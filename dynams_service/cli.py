@@ -62,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .core.models import load_model_modules
     from .service.lifeline import Lifeline
     from .service.limits import Limits
-    from .service.server import SelectorServer, TLSFiles
+    from .service.server import SelectorServer, TLSFiles, check_workers
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -80,6 +80,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_streams=args.max_streams, max_streams_per_peer=args.max_streams_per_peer,
         stream_idle_timeout=args.stream_idle_timeout, placement_timeout=args.placement_timeout,
         job_ttl=args.job_ttl, job_expiry=args.job_expiry)
+    check_workers(limits)  # before Ray starts
     load_model_modules(args.models)
     lifeline = None
 

@@ -51,3 +51,11 @@ def test_errors_are_one_clear_line(args, message):
 def test_bad_flag_value():
     result = run("dataset", "convert", "--out", "x", "--rows-per-shard", "0")
     assert result.returncode == 2 and "must be >= 1" in result.stderr
+
+
+def test_serve_refuses_limits_that_would_starve_short_calls():
+    result = run("serve", "--max-streams", "500", "--ray-address", "127.0.0.1:1")
+    assert result.returncode == 2
+    assert "--max-streams (500) must be below the server's 128 worker threads" in result.stderr
+    result = run("serve", "--job-ttl", "-1")
+    assert result.returncode == 2 and "must be >= 0" in result.stderr

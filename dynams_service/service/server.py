@@ -26,11 +26,20 @@ from .limits import Limits
 from .servicer import SelectorServicer
 from .store import StateStore
 
-__all__ = ["SelectorServer", "TLSFiles", "BearerTokenInterceptor", "SERVICE_NAME"]
+__all__ = ["SelectorServer", "TLSFiles", "BearerTokenInterceptor", "SERVICE_NAME",
+           "WORKERS", "check_workers"]
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Selector"].full_name
 _OPEN_METHODS = ("/grpc.health.v1.Health/",)
+WORKERS = 128  # gRPC worker threads; long calls get fewer (NOTE [ long calls and worker threads ])
+
+
+def check_workers(limits: Limits, max_workers: int = WORKERS) -> None:
+    """Long calls must leave worker threads to short ones (health, GetJob, …)."""
+    if limits.max_streams >= max_workers:
+        raise ValueError(f"--max-streams ({limits.max_streams}) must be below the server's "
+                         f"{max_workers} worker threads")
 
 
 @dataclass(frozen=True)
@@ -84,12 +93,10 @@ class SelectorServer:
 
     def __init__(self, address: str = "127.0.0.1:50051", *, state_dir: str | Path,
                  token: str | None = None, tls: TLSFiles | None = None,
-                 max_workers: int = 128, dashboard_url: str = "",
+                 max_workers: int = WORKERS, dashboard_url: str = "",
                  limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
-        if self.limits.max_streams >= max_workers:
-            raise ValueError(f"max_streams ({self.limits.max_streams}) must be below the "
-                             f"server's {max_workers} worker threads")
+        check_workers(self.limits, max_workers)
         self.coordinator = JobCoordinator(StateStore(state_dir), limits=self.limits)
         self.calls = CallLimiter(self.limits)
         self.decoding = DecodingInterceptor()
