@@ -92,7 +92,9 @@ def _serve(args: argparse.Namespace) -> int:
     import ray
 
     from .core.models import load_model_modules
-    from .service.server import SelectorServer, TLSFiles
+    from .service.lifeline import Lifeline
+    from .service.limits import Limits
+    from .service.server import SelectorServer, TLSFiles, check_workers
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -102,18 +104,39 @@ def _serve(args: argparse.Namespace) -> int:
         token = Path(args.token_file).read_text().strip()
         if not token:
             raise ValueError(f"--token-file {args.token_file} is empty")
+    limits = Limits(
+        max_jobs=args.max_jobs, max_scorers_per_job=args.max_scorers_per_job,
+        max_cpus_per_job=args.max_cpus_per_job, max_gpus_per_job=args.max_gpus_per_job,
+        max_memory_per_job=(int(args.max_memory_per_job * 2**30)
+                            if args.max_memory_per_job else None),
+        max_streams=args.max_streams, max_streams_per_peer=args.max_streams_per_peer,
+        stream_idle_timeout=args.stream_idle_timeout, placement_timeout=args.placement_timeout,
+        job_ttl=args.job_ttl, job_expiry=args.job_expiry)
+    check_workers(limits)  # before Ray starts
     load_model_modules(args.models)
+    lifeline = None
+
+    def embedded_ray():
+        # NOTE [ lifeline ] in service/lifeline.py; the dashboard listens on loopback only.
+        nonlocal lifeline
+        lifeline = Lifeline.start()
+        return ray.init(address="local", dashboard_host="127.0.0.1",
+                        logging_level=logging.WARNING)
+
     if args.ray_address == "auto":
         try:
             context = ray.init(address="auto", logging_level=logging.WARNING)
         except ConnectionError:
-            context = ray.init(address="local", logging_level=logging.WARNING)
+            context = embedded_ray()
+    elif args.ray_address == "local":
+        context = embedded_ray()
     else:
         context = ray.init(address=args.ray_address, logging_level=logging.WARNING)
     tls = TLSFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
     dashboard = context.dashboard_url
     server = SelectorServer(args.address, state_dir=args.state_dir, token=token, tls=tls,
-                            dashboard_url=f"http://{dashboard}" if dashboard else "")
+                            dashboard_url=f"http://{dashboard}" if dashboard else "",
+                            limits=limits)
     server.start()
     print(f"dynams selector listening on {server.address}", flush=True)
     print(f"Ray dashboard: http://{dashboard}" if dashboard else "Ray dashboard: not running",
@@ -125,6 +148,8 @@ def _serve(args: argparse.Namespace) -> int:
     print("shutting down: stopping scorers, state is on disk", flush=True)
     server.stop()
     ray.shutdown()
+    if lifeline is not None:
+        lifeline.release()
     return 0
 
 
@@ -136,10 +161,12 @@ def _status(args: argparse.Namespace) -> int:
     token = Path(args.token_file).read_text().strip() if args.token_file else None
     states = {pb.ROUND_STATE_WAITING_FOR_WEIGHTS: "waiting", pb.ROUND_STATE_SCORING: "scoring",
               pb.ROUND_STATE_DONE: "done", pb.ROUND_STATE_FAILED: "failed"}
+    job_states = {pb.JOB_STATE_ACTIVE: "active", pb.JOB_STATE_IDLE: "idle",
+                  pb.JOB_STATE_FINISHED: "finished", pb.JOB_STATE_FAILED: "FAILED"}
     try:
         with SelectorClient(args.address, token=token, tls_ca=args.tls_ca,
                             timeout=args.timeout, retries=2) as client:
-            jobs = [client.get_job(args.job)] if args.job else client.list_jobs()
+            jobs = [client.get_job(args.job)] if args.job else _job_details(client)
     except SelectorRpcError as exc:
         print(f"dynams: error: {exc}", file=sys.stderr)
         return 1
@@ -149,10 +176,16 @@ def _status(args: argparse.Namespace) -> int:
     print(f"jobs:           {len(jobs)}")
     for job in jobs:
         spec, res = job.spec, job.spec.resources
-        print(f"\njob {spec.job_id}  ({spec.fingerprint.num_samples} samples, {spec.epochs} "
-              f"epochs, fraction trained {job.fraction_trained:.3f})")
+        state = job_states.get(job.state, "?")
+        if job.state == pb.JOB_STATE_FAILED:
+            print(f"\njob {spec.job_id}  FAILED (quarantined): {job.error}")
+            print("  delete it (DeleteJob) and create it again")
+            continue
+        print(f"\njob {spec.job_id}  {state}  ({spec.fingerprint.num_samples} samples, "
+              f"{spec.epochs} epochs, rounds done {job.rounds_done}/{job.rounds_total})")
         print(f"  dataset:  {spec.dataset_uri}")
         print(f"  scorers:  {res.num_scorers} x (cpus {res.num_cpus:g}, gpus {res.num_gpus:g})")
+        print(f"  fraction trained {job.fraction_trained:.3f}")
         for r in job.rounds:
             line = f"    round {r.round}  epoch {r.epoch}  {states.get(r.state, '?'):<8}"
             if r.weights_version >= 0 and r.state != pb.ROUND_STATE_WAITING_FOR_WEIGHTS:
@@ -163,11 +196,31 @@ def _status(args: argparse.Namespace) -> int:
                 line += f"  error: {r.error}"
             print(line)
         if not job.scorer_status:
-            print("    (scorers start with the first weights push)")
+            print("    (no scorers now: they start with the next weights push)")
         for s in job.scorer_status:
             print(f"    {s.name}  node {s.node_id}  {s.device}  rows {s.rows}  "
                   f"inputs {s.input_bytes / 2**20:.1f} MiB")
     return 0
+
+
+def _job_details(client) -> list:
+    """Every job in full: ListJobs' summaries, then GetJob for each job not failed."""
+    import grpc
+
+    from .client import SelectorRpcError
+    from .protocol import pb
+
+    jobs = []
+    for summary in client.list_jobs():
+        if summary.state == pb.JOB_STATE_FAILED:
+            jobs.append(summary)
+            continue
+        try:
+            jobs.append(client.get_job(summary.spec.job_id))
+        except SelectorRpcError as exc:
+            if exc.code != grpc.StatusCode.NOT_FOUND:  # deleted meanwhile: skip it
+                raise
+    return jobs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,6 +272,36 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", help="PEM private key for TLS (with --tls-cert)")
     serve.add_argument("--models", action="append", default=[], metavar="MODULE",
                        help="module whose import registers architectures (repeatable)")
+    limits = serve.add_argument_group("limits", "what clients may ask of this selector")
+    limits.add_argument("--max-jobs", type=_positive_int, default=16,
+                        help="jobs held at once (default: 16)")
+    limits.add_argument("--max-scorers-per-job", type=_positive_int, default=64,
+                        help="scorer actors per job (default: 64)")
+    limits.add_argument("--max-cpus-per-job", type=_positive_float, default=None,
+                        help="num_scorers x num_cpus per job (default: unlimited)")
+    limits.add_argument("--max-gpus-per-job", type=_non_negative_float, default=None,
+                        help="num_scorers x num_gpus per job (default: unlimited)")
+    limits.add_argument("--max-memory-per-job", type=_positive_float, default=None,
+                        metavar="GIB", help="estimated memory per job in GiB: 0.5 GiB per "
+                                            "scorer process plus its decoded rows "
+                                            "(default: unlimited)")
+    limits.add_argument("--max-streams", type=_positive_int, default=96,
+                        help="streams and CreateJob calls at once, all clients (default: 96, "
+                             "below the 128 worker threads)")
+    limits.add_argument("--max-streams-per-peer", type=_positive_int, default=32,
+                        help="streams and CreateJob calls at once per client host; a "
+                             "trainer rank holds up to 3 (default: 32)")
+    limits.add_argument("--stream-idle-timeout", type=_positive_float, default=60.0,
+                        metavar="S", help="cancel a stream silent this long (default: 60)")
+    limits.add_argument("--placement-timeout", type=_positive_float, default=300.0,
+                        metavar="S", help="longest CreateJob wait for its scorers' placement, "
+                                          "shortened by the caller's deadline (default: 300)")
+    limits.add_argument("--job-ttl", type=_non_negative_float, default=3600.0, metavar="S",
+                        help="release a job's scorers after this long without an RPC naming "
+                             "it; the next push restarts them (default: 3600; 0: never)")
+    limits.add_argument("--job-expiry", type=_non_negative_float, default=0.0, metavar="S",
+                        help="delete a job and its state after this long without an RPC "
+                             "naming it (default: 0, never)")
     serve.set_defaults(func=_serve)
 
     status = commands.add_parser(
@@ -249,6 +332,20 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 

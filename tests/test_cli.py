@@ -97,3 +97,11 @@ def test_image_folder_convert_refuses_bad_size_and_corrupt_files(tmp_path, fashi
                  str(tmp_path / "out"))
     assert result.returncode == 2 and f"{broken}: not a decodable" in result.stderr
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.partial-*"))
+
+
+def test_serve_refuses_limits_that_would_starve_short_calls():
+    result = run("serve", "--max-streams", "500", "--ray-address", "127.0.0.1:1")
+    assert result.returncode == 2
+    assert "--max-streams (500) must be below the server's 128 worker threads" in result.stderr
+    result = run("serve", "--job-ttl", "-1")
+    assert result.returncode == 2 and "must be >= 0" in result.stderr

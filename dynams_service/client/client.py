@@ -7,6 +7,7 @@ metadata, TLS; errors surface as ``SelectorRpcError`` carrying the gRPC status c
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -104,9 +105,19 @@ class SelectorClient:
         return self._call("GetJob", lambda t: self._stub.GetJob(
             pb.GetJobRequest(job_id=job_id), timeout=t, metadata=self._metadata), timeout)
 
-    def list_jobs(self, timeout: float | None = None) -> list[pb.Job]:
-        return list(self._call("ListJobs", lambda t: self._stub.ListJobs(
-            pb.ListJobsRequest(), timeout=t, metadata=self._metadata), timeout).jobs)
+    def list_jobs(self, timeout: float | None = None, page_size: int = 100) -> list[pb.Job]:
+        """Every job's summary (spec, state, round counts), fetched a page at a time;
+        ``get_job`` has a job's rounds and scorers."""
+        jobs: list[pb.Job] = []
+        token = ""
+        while True:
+            request = pb.ListJobsRequest(page_size=page_size, page_token=token)
+            page = self._call("ListJobs", lambda t, r=request: self._stub.ListJobs(
+                r, timeout=t, metadata=self._metadata), timeout)
+            jobs.extend(page.jobs)
+            if not page.next_page_token:
+                return jobs
+            token = page.next_page_token
 
     def delete_job(self, job_id: str, timeout: float | None = None) -> bool:
         return self._call("DeleteJob", lambda t: self._stub.DeleteJob(
@@ -114,12 +125,30 @@ class SelectorClient:
             timeout).deleted
 
     def push_weights(self, job_id: str, epoch: int, version: int,
-                     records: Iterable[TensorRecord], timeout: float | None = None) -> pb.PushAck:
-        """Push PSP tensors for the round that starts at ``epoch`` (streamed in parts)."""
+                     records: Iterable[TensorRecord], timeout: float | None = None,
+                     cancel: threading.Event | None = None) -> pb.PushAck:
+        """Push PSP tensors for the round that starts at ``epoch`` (streamed in parts).
+
+        Setting ``cancel`` ends the push at once (``SelectorRpcError`` with CANCELLED).
+        """
         records = list(records)
-        return self._call("PushWeights", lambda t: self._stub.PushWeights(
-            records_to_chunks(job_id, version, epoch, records), timeout=t,
-            metadata=self._metadata), timeout)
+
+        def push(t: float) -> pb.PushAck:
+            call = self._stub.PushWeights.future(
+                records_to_chunks(job_id, version, epoch, records), timeout=t,
+                metadata=self._metadata)
+            if cancel is not None:
+                while not call.done():
+                    if cancel.wait(0.05):
+                        call.cancel()
+                        break
+            try:
+                return call.result()
+            except grpc.FutureCancelledError:
+                raise SelectorRpcError("PushWeights", grpc.StatusCode.CANCELLED,
+                                       "cancelled by the caller") from None
+
+        return self._call("PushWeights", push, timeout)
 
     def get_selection(self, job_id: str, epoch: int, rank: int, world_size: int, *,
                       drop_last: bool = False, timeout: float | None = None

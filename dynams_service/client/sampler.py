@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 
 import grpc
 import numpy as np
@@ -112,6 +113,7 @@ class DynaMSSampler(Sampler[int]):
         self._futures: dict[int, Future] = {}
         self._pushes: dict[int, Future] = {}  # epoch → the background push (rank 0)
         self._push_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynams-push")
+        self._closing = threading.Event()  # set by close(): ends a push still on the wire
         self._lock = threading.Lock()
 
     def _resolve_job(self, job: JobSpec | str) -> JobSpec:
@@ -218,12 +220,13 @@ class DynaMSSampler(Sampler[int]):
         try:
             try:
                 self.client.push_weights(self.spec.job_id, epoch, version, records,
-                                         timeout=timeout)
+                                         timeout=timeout, cancel=self._closing)
             except SelectorRpcError as exc:
-                if not (exc.code == grpc.StatusCode.NOT_FOUND and self._recreate(timeout)):
+                if not (exc.code == grpc.StatusCode.NOT_FOUND and not self._closing.is_set()
+                        and self._recreate(timeout)):
                     raise
                 self.client.push_weights(self.spec.job_id, epoch, version, records,
-                                         timeout=timeout)
+                                         timeout=timeout, cancel=self._closing)
             return True
         except SelectorRpcError as exc:
             self._warn(f"weights push for epoch {epoch} failed ({exc.code.name}: "
@@ -316,5 +319,14 @@ class DynaMSSampler(Sampler[int]):
             log.info(message)
 
     def close(self) -> None:
-        self._push_pool.shutdown(wait=True)
+        """Stop background work, returning within ``deadline`` seconds.
+
+        Queued pushes are dropped; the push on the wire gets until the deadline to finish
+        and is then cancelled, so a frozen selector cannot hold the trainer's exit.
+        """
+        self._push_pool.shutdown(wait=False, cancel_futures=True)
+        running = [f for f in self._pushes.values() if not f.done()]
+        if running:
+            wait_futures(running, timeout=self.deadline)
+        self._closing.set()
         self._pool.shutdown(wait=False, cancel_futures=True)

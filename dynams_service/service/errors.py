@@ -9,6 +9,7 @@ __all__ = [
     "AlreadyExists",
     "FailedPrecondition",
     "DeadlineExceeded",
+    "ResourceExhausted",
     "Internal",
 ]
 
@@ -37,6 +38,12 @@ class FailedPrecondition(SelectorError):
 
 class DeadlineExceeded(SelectorError):
     code = "DEADLINE_EXCEEDED"
+
+
+class ResourceExhausted(SelectorError):
+    """An operator limit (jobs, scorers, CPUs, GPUs, memory, concurrent calls) is reached."""
+
+    code = "RESOURCE_EXHAUSTED"
 
 
 class Internal(SelectorError):

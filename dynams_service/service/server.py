@@ -18,15 +18,28 @@ from grpc_reflection.v1alpha import reflection
 
 from ..proto.dynams.v1 import selector_pb2_grpc
 from ..protocol import MAX_MESSAGE_BYTES, pb
+from .calls import CallLimiter
 from .coordinator import JobCoordinator
+from .decoding import DecodingInterceptor
+from .lifetime import JobReaper
+from .limits import Limits
 from .servicer import SelectorServicer
 from .store import StateStore
 
-__all__ = ["SelectorServer", "TLSFiles", "BearerTokenInterceptor", "SERVICE_NAME"]
+__all__ = ["SelectorServer", "TLSFiles", "BearerTokenInterceptor", "SERVICE_NAME",
+           "WORKERS", "check_workers"]
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Selector"].full_name
 _OPEN_METHODS = ("/grpc.health.v1.Health/",)
+WORKERS = 128  # gRPC worker threads; long calls get fewer (NOTE [ long calls and worker threads ])
+
+
+def check_workers(limits: Limits, max_workers: int = WORKERS) -> None:
+    """Long calls must leave worker threads to short ones (health, GetJob, …)."""
+    if limits.max_streams >= max_workers:
+        raise ValueError(f"--max-streams ({limits.max_streams}) must be below the server's "
+                         f"{max_workers} worker threads")
 
 
 @dataclass(frozen=True)
@@ -36,7 +49,11 @@ class TLSFiles:
 
 
 class BearerTokenInterceptor(grpc.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>`` on every RPC except health checks."""
+    """Requires ``authorization: Bearer <token>`` on every RPC except health checks.
+
+    Exactly one ``authorization`` header: a request carrying several is refused, whatever
+    they hold (proxies and clients disagree on which one counts).
+    """
 
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
@@ -53,10 +70,11 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if method.startswith(_OPEN_METHODS):
             return continuation(handler_call_details)
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        given = metadata.get("authorization", "")
-        given = given.encode() if isinstance(given, str) else given
-        if hmac.compare_digest(given, self._expected):
+        given = [value for key, value in handler_call_details.invocation_metadata or ()
+                 if key == "authorization"]
+        token = given[0] if len(given) == 1 else ""
+        token = token.encode() if isinstance(token, str) else token
+        if hmac.compare_digest(token, self._expected) and len(given) == 1:
             return continuation(handler_call_details)
         if method.endswith("/PushWeights"):
             return self._deny_stream_in
@@ -75,12 +93,22 @@ class SelectorServer:
 
     def __init__(self, address: str = "127.0.0.1:50051", *, state_dir: str | Path,
                  token: str | None = None, tls: TLSFiles | None = None,
-                 max_workers: int = 32, dashboard_url: str = "") -> None:
-        self.coordinator = JobCoordinator(StateStore(state_dir))
+                 max_workers: int = WORKERS, dashboard_url: str = "",
+                 limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        check_workers(self.limits, max_workers)
+        self.coordinator = JobCoordinator(StateStore(state_dir), limits=self.limits)
+        self.calls = CallLimiter(self.limits)
+        self.decoding = DecodingInterceptor()
+        # Outermost first: auth, then the long-call caps, then decoding next to the handler.
         interceptors = [BearerTokenInterceptor(token)] if token else []
+        interceptors += [self.calls, self.decoding]
+        self._reaper = JobReaper(self.coordinator, self.limits)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="dynams-rpc"),
             interceptors=interceptors,
+            # Calls beyond this are refused (RESOURCE_EXHAUSTED) instead of queueing.
+            maximum_concurrent_rpcs=4 * max_workers,
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
         )
@@ -104,6 +132,7 @@ class SelectorServer:
         """Restore persisted jobs, then serve."""
         restored = self.coordinator.restore()
         self._server.start()
+        self._reaper.start()
         for name in ("", SERVICE_NAME):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("selector listening on %s (%d jobs restored)", self.address, restored)
@@ -112,7 +141,9 @@ class SelectorServer:
     def stop(self, grace: float = 2.0) -> None:
         """Stop serving, then stop every job's scorers (state is already on disk)."""
         self._health.enter_graceful_shutdown()
+        self._reaper.stop()
         self._server.stop(grace).wait()
+        self.calls.close()
         self.coordinator.shutdown()
 
     def wait(self) -> None:

@@ -20,7 +20,8 @@ from ..protocol import (
     spec_from_proto,
     spec_to_proto,
 )
-from .coordinator import JobCoordinator, JobStatus
+from .coordinator import JobCoordinator, JobState, JobStatus, JobSummary
+from .decoding import UndecodableRequest
 from .errors import InvalidArgument, SelectorError
 
 __all__ = ["SelectorServicer"]
@@ -30,6 +31,10 @@ T = TypeVar("T")
 
 _ROUND_STATES = {"waiting": pb.ROUND_STATE_WAITING_FOR_WEIGHTS, "scoring": pb.ROUND_STATE_SCORING,
                  "done": pb.ROUND_STATE_DONE, "failed": pb.ROUND_STATE_FAILED}
+_JOB_STATES = {JobState.ACTIVE: pb.JOB_STATE_ACTIVE, JobState.IDLE: pb.JOB_STATE_IDLE,
+               JobState.FINISHED: pb.JOB_STATE_FINISHED, JobState.FAILED: pb.JOB_STATE_FAILED}
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
 
 
 def _status_codes(method: Callable[..., T]) -> Callable[..., T]:
@@ -43,6 +48,8 @@ def _status_codes(method: Callable[..., T]) -> Callable[..., T]:
                 yield from result
                 return
             yield result
+        except UndecodableRequest:
+            raise  # the decoding layer answers it (INVALID_ARGUMENT, rate-limited log)
         except SelectorError as exc:
             context.abort(getattr(grpc.StatusCode, exc.code), _short(exc))
         except (ValidationError, ProtocolError) as exc:
@@ -78,8 +85,12 @@ def _short(exc: Exception | str, limit: int = 1000) -> str:
 
 
 def job_to_proto(status: JobStatus, dashboard_url: str = "") -> pb.Job:
+    summary = status.summary
     return pb.Job(
         dashboard_url=dashboard_url,
+        state=_JOB_STATES[summary.state] if summary else pb.JOB_STATE_UNSPECIFIED,
+        rounds_total=len(status.rounds),
+        rounds_done=sum(r.state == "done" for r in status.rounds),
         scorer_status=[pb.ScorerStatus(**info) for info in status.scorer_infos],
         spec=spec_to_proto(status.spec), epoch_sizes=status.plan.sizes,
         fraction_trained=status.plan.fraction_trained, scorers=status.scorers,
@@ -87,6 +98,15 @@ def job_to_proto(status: JobStatus, dashboard_url: str = "") -> pb.Job:
                                weights_version=r.weights_version, selected=r.selected,
                                seconds=r.seconds, error=r.error) for r in status.rounds],
     )
+
+
+def summary_to_proto(summary: JobSummary, dashboard_url: str = "") -> pb.Job:
+    """A ListJobs entry: spec, state and counts only, so its size does not grow with epochs."""
+    spec = (spec_to_proto(summary.spec) if summary.spec is not None
+            else pb.JobSpec(job_id=summary.job_id))
+    return pb.Job(spec=spec, state=_JOB_STATES[summary.state], error=_short(summary.error),
+                  rounds_total=summary.rounds_total, rounds_done=summary.rounds_done,
+                  dashboard_url=dashboard_url)
 
 
 class SelectorServicer(selector_pb2_grpc.SelectorServicer):
@@ -99,7 +119,9 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
     @_unary
     def CreateJob(self, request: pb.CreateJobRequest, context) -> pb.Job:
         spec = spec_from_proto(request.spec)
-        return job_to_proto(self.coordinator.create_job(spec), self.dashboard_url)
+        status = self.coordinator.create_job(spec, timeout=context.time_remaining(),
+                                             gave_up=lambda: not context.is_active())
+        return job_to_proto(status, self.dashboard_url)
 
     @_unary
     def GetJob(self, request: pb.GetJobRequest, context) -> pb.Job:
@@ -107,8 +129,13 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
 
     @_unary
     def ListJobs(self, request: pb.ListJobsRequest, context) -> pb.ListJobsResponse:
-        return pb.ListJobsResponse(jobs=[job_to_proto(j, self.dashboard_url)
-                                         for j in self.coordinator.list_jobs()])
+        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgument(f"page_size must be in [0, {MAX_PAGE_SIZE}], got "
+                                  f"{request.page_size}")
+        summaries, token = self.coordinator.list_jobs(
+            after=request.page_token, limit=request.page_size or DEFAULT_PAGE_SIZE)
+        return pb.ListJobsResponse(jobs=[summary_to_proto(s, self.dashboard_url)
+                                         for s in summaries], next_page_token=token)
 
     @_unary
     def DeleteJob(self, request: pb.DeleteJobRequest, context) -> pb.DeleteJobResponse:

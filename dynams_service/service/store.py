@@ -1,12 +1,17 @@
 """Persistence: job specs (JSON) and rounds (Arrow IPC files) under the state dir.
 
 Every file is written to a temporary name, fsynced and renamed, so a crash never leaves
-a partial file under a name that is read back; leftovers are removed at load.
+a partial file under a name that is read back; leftovers are removed at load. A job whose
+files cannot be read (a truncated round, a malformed spec) is reported as failed by
+``load`` and the others load: one corrupt job must not keep the selector from starting.
+Writes and deletions raise ``OSError`` when they fail, never silently.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -18,7 +23,10 @@ import pyarrow.ipc as ipc
 
 from ..core.job import JobSpec
 
-__all__ = ["RoundResult", "StateStore"]
+__all__ = ["RoundResult", "StateStore", "LoadedJob"]
+
+log = logging.getLogger(__name__)
+_TOMBSTONE = ".deleted-"
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,16 @@ class RoundResult:
     indices: np.ndarray
     margins: np.ndarray
     seconds: float
+
+
+@dataclass(frozen=True)
+class LoadedJob:
+    """One job directory read back: its spec and rounds, or why it could not be read."""
+
+    job_id: str
+    spec: JobSpec | None
+    rounds: dict[int, RoundResult]
+    error: str = ""  # set when the job's files are unreadable (the job is quarantined)
 
 
 class StateStore:
@@ -62,24 +80,70 @@ class StateStore:
                       sink.getvalue().to_pybytes())
 
     def delete_job(self, job_id: str) -> None:
-        shutil.rmtree(self._job_dir(job_id), ignore_errors=True)
+        """Remove a job's state; raises ``OSError`` if it cannot (read-only dir, …).
 
-    def load(self) -> list[tuple[JobSpec, dict[int, RoundResult]]]:
-        """Every persisted job with its completed rounds; temporary leftovers are removed."""
+        The directory is first renamed to a tombstone in one atomic step, so a failure or
+        a crash never leaves half a job that would come back at the next start.
+        """
+        job_dir = self._job_dir(job_id)
+        if not job_dir.exists():
+            return
+        tombstone = job_dir.with_name(f"{_TOMBSTONE}{job_id}-{secrets.token_hex(4)}")
+        os.rename(job_dir, tombstone)
+        _fsync_dir(job_dir.parent)
+        try:
+            shutil.rmtree(tombstone)
+        except OSError as exc:  # renamed away already: it never loads again
+            log.warning("job %s deleted, but its files stay in %s: %s", job_id, tombstone, exc)
+
+    def load(self) -> list[LoadedJob]:
+        """Every persisted job with its completed rounds; temporary leftovers are removed.
+
+        A job whose spec or any round cannot be read comes back with ``error`` set.
+        """
         jobs = []
         for job_dir in sorted((self.root / "jobs").iterdir()):
-            for leftover in job_dir.glob(".tmp-*"):
-                leftover.unlink(missing_ok=True)
-            spec_path = job_dir / "spec.json"
-            if not spec_path.exists():
+            if job_dir.name.startswith(_TOMBSTONE):
+                shutil.rmtree(job_dir, ignore_errors=True)  # a deletion that was cut short
                 continue
-            spec = JobSpec.model_validate_json(spec_path.read_bytes())
-            rounds = {}
-            for path in sorted(job_dir.glob("round-*.arrow")):
-                result = _read_round(path)
-                rounds[result.round] = result
-            jobs.append((spec, rounds))
+            loaded = self._load_dir(job_dir)
+            if loaded is not None:
+                jobs.append(loaded)
         return jobs
+
+    def load_job(self, job_id: str) -> LoadedJob | None:
+        """One persisted job, as ``load`` reads it; None if it has no saved spec."""
+        return self._load_dir(self._job_dir(job_id))
+
+    def _load_dir(self, job_dir: Path) -> LoadedJob | None:
+        if not job_dir.is_dir():
+            return None
+        for leftover in job_dir.glob(".tmp-*"):
+            leftover.unlink(missing_ok=True)
+        spec_path = job_dir / "spec.json"
+        if not spec_path.exists():
+            return None
+        try:
+            spec = JobSpec.model_validate_json(spec_path.read_bytes())
+        except (OSError, ValueError) as exc:
+            return LoadedJob(job_dir.name, None, {}, f"unreadable spec.json: {_first_line(exc)}")
+        if spec.job_id != job_dir.name:
+            return LoadedJob(job_dir.name, None, {}, f"spec.json names job {spec.job_id!r}, "
+                                                     f"its directory {job_dir.name!r}")
+        rounds = {}
+        for path in sorted(job_dir.glob("round-*.arrow")):
+            try:
+                result = _read_round(path)
+            except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
+                return LoadedJob(job_dir.name, spec, {},
+                                 f"unreadable {path.name}: {_first_line(exc)}")
+            rounds[result.round] = result
+        return LoadedJob(job_dir.name, spec, rounds)
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:limit]
 
 
 def _read_round(path: Path) -> RoundResult:
@@ -106,7 +170,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

@@ -88,3 +88,36 @@ def test_bad_arguments_are_named(small_shards):
         DynaMSSampler(3999, client, spec)
     with pytest.raises(ValueError, match="deadline must be > 0"):
         DynaMSSampler(4000, client, spec, deadline=0)
+
+
+def test_close_returns_within_the_deadline_behind_a_frozen_selector(ray_cluster, small_shards,
+                                                                    trained_model, tmp_path):
+    """Three pushes queued behind a frozen (SIGSTOPped) selector once held close() 330 s."""
+    import os
+    import signal
+    import time
+
+    from tests.service.conftest import Selector
+
+    uri, manifest = small_shards
+    spec = JobSpec(job_id="frozen", dataset_uri=uri, fingerprint=manifest.fingerprint,
+                   proxy=ProxySpec(architecture="fmnist-cnn", width=0.25),
+                   policy=SelectionPolicy(ratio=0.3, warmup_epochs=1, seed=5), epochs=5,
+                   resources=ScorerResources(num_scorers=1, num_cpus=0))
+    selector = Selector(tmp_path / "state")
+    try:
+        client = SelectorClient(selector.address, timeout=10, retries=0)
+        sampler = DynaMSSampler(4000, client, spec, rank=0, world_size=1, deadline=2.0)
+        os.kill(selector.proc.pid, signal.SIGSTOP)
+        for epoch in range(3):  # queue three pushes; the first one hangs on the wire
+            sampler.epoch = epoch
+            sampler.push(trained_model, version=epoch + 1)
+        started = time.monotonic()
+        sampler.close()
+        closed_in = time.monotonic() - started
+        assert closed_in < 60, f"close() took {closed_in:.1f}s"  # was 330 s (3 x 120 s)
+        sent = [f for f in sampler._pushes.values() if not f.cancelled()]
+        assert [f.result(timeout=30) for f in sent] == [False] * len(sent)  # cancelled
+    finally:
+        os.kill(selector.proc.pid, signal.SIGCONT)
+        selector.sigkill()

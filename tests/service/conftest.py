@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
 import numpy as np
+import ray
 
 from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy
 
@@ -30,3 +38,39 @@ def canonical_from_parts(parts: list[np.ndarray], global_count: int) -> np.ndarr
     for rank, part in enumerate(parts):
         order[rank::world] = part
     return order[:global_count]
+
+
+class Selector:
+    """A `dynams serve` process on this session's Ray cluster."""
+
+    def __init__(self, state_dir: Path, *args: str) -> None:
+        address = ray.get_runtime_context().gcs_address
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dynams_service.cli", "serve", "--address", "127.0.0.1:0",
+             "--ray-address", address, "--state-dir", str(state_dir), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError("selector exited:\n" + "".join(self.lines))
+            self.lines.append(line)
+            match = re.search(r"dynams selector listening on (\S+)", line)
+            if match:
+                self.address = match.group(1)
+                break
+        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()
+
+    def rss(self) -> int:
+        """The server process's resident memory, bytes."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
+
+    def sigkill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)

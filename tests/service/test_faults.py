@@ -4,14 +4,10 @@ and one job's trouble leaving another job's answers untouched."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import statistics
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -36,7 +32,7 @@ from dynams_service.client import SelectorClient, SelectorRpcError
 from dynams_service.proto.dynams.v1 import selector_pb2_grpc
 from dynams_service.protocol import pb, records_to_chunks
 
-from .conftest import make_spec
+from .conftest import Selector, make_spec
 
 
 def full_spec(shards, job_id: str) -> JobSpec:
@@ -140,37 +136,6 @@ def test_one_jobs_faults_leave_another_job_alone(server_factory, small_shards,
 
 
 # --- the selector process SIGKILLed -----------------------------------------------------
-
-class Selector:
-    """A `dynams serve` process on this session's Ray cluster."""
-
-    def __init__(self, state_dir: Path) -> None:
-        address = ray.get_runtime_context().gcs_address
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dynams_service.cli", "serve", "--address", "127.0.0.1:0",
-             "--ray-address", address, "--state-dir", str(state_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise AssertionError("selector exited:\n" + "".join(self.lines))
-            self.lines.append(line)
-            match = re.search(r"dynams selector listening on (\S+)", line)
-            if match:
-                self.address = match.group(1)
-                break
-        threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()
-
-    def sigkill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=60)
-
 
 def assert_round0_kept_and_round1_waiting(client: SelectorClient, job_id: str,
                                           round0: list) -> None:

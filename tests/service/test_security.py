@@ -54,3 +54,17 @@ def test_regenerating_the_protocol_changes_nothing(tmp_path):
     fresh = tmp_path / "dynams" / "v1"
     for name in ("selector_pb2.py", "selector_pb2.pyi", "selector_pb2_grpc.py"):
         assert filecmp.cmp(committed / name, fresh / name, shallow=False), name
+
+
+def test_duplicate_authorization_headers_are_refused(server_factory):
+    server = server_factory(token="s3cret-token")
+    stub = SelectorClient(server.address, retries=0)._stub
+    from dynams_service.protocol import pb
+
+    good = ("authorization", "Bearer s3cret-token")
+    assert stub.ListJobs(pb.ListJobsRequest(), metadata=(good,), timeout=10).jobs == []
+    for headers in ((good, good), (("authorization", "Bearer wrong"), good),
+                    (good, ("authorization", "Bearer wrong"))):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListJobs(pb.ListJobsRequest(), metadata=headers, timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED

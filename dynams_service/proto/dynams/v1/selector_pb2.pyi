@@ -39,6 +39,14 @@ class RoundState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROUND_STATE_DONE: _ClassVar[RoundState]
     ROUND_STATE_FAILED: _ClassVar[RoundState]
 
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    JOB_STATE_ACTIVE: _ClassVar[JobState]
+    JOB_STATE_IDLE: _ClassVar[JobState]
+    JOB_STATE_FINISHED: _ClassVar[JobState]
+    JOB_STATE_FAILED: _ClassVar[JobState]
+
 class SelectionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SELECTION_KIND_UNSPECIFIED: _ClassVar[SelectionKind]
@@ -62,6 +70,11 @@ ROUND_STATE_WAITING_FOR_WEIGHTS: RoundState
 ROUND_STATE_SCORING: RoundState
 ROUND_STATE_DONE: RoundState
 ROUND_STATE_FAILED: RoundState
+JOB_STATE_UNSPECIFIED: JobState
+JOB_STATE_ACTIVE: JobState
+JOB_STATE_IDLE: JobState
+JOB_STATE_FINISHED: JobState
+JOB_STATE_FAILED: JobState
 SELECTION_KIND_UNSPECIFIED: SelectionKind
 SELECTION_KIND_FULL: SelectionKind
 SELECTION_KIND_SUBSET: SelectionKind
@@ -174,7 +187,7 @@ class ScorerStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., node_id: _Optional[str] = ..., device: _Optional[str] = ..., rows: _Optional[int] = ..., input_bytes: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("spec", "epoch_sizes", "rounds", "fraction_trained", "scorers", "scorer_status", "dashboard_url")
+    __slots__ = ("spec", "epoch_sizes", "rounds", "fraction_trained", "scorers", "scorer_status", "dashboard_url", "state", "error", "rounds_total", "rounds_done")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     EPOCH_SIZES_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +195,10 @@ class Job(_message.Message):
     SCORERS_FIELD_NUMBER: _ClassVar[int]
     SCORER_STATUS_FIELD_NUMBER: _ClassVar[int]
     DASHBOARD_URL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_DONE_FIELD_NUMBER: _ClassVar[int]
     spec: JobSpec
     epoch_sizes: _containers.RepeatedScalarFieldContainer[int]
     rounds: _containers.RepeatedCompositeFieldContainer[RoundStatus]
@@ -189,7 +206,11 @@ class Job(_message.Message):
     scorers: _containers.RepeatedScalarFieldContainer[str]
     scorer_status: _containers.RepeatedCompositeFieldContainer[ScorerStatus]
     dashboard_url: str
-    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., epoch_sizes: _Optional[_Iterable[int]] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., fraction_trained: _Optional[float] = ..., scorers: _Optional[_Iterable[str]] = ..., scorer_status: _Optional[_Iterable[_Union[ScorerStatus, _Mapping]]] = ..., dashboard_url: _Optional[str] = ...) -> None: ...
+    state: JobState
+    error: str
+    rounds_total: int
+    rounds_done: int
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., epoch_sizes: _Optional[_Iterable[int]] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., fraction_trained: _Optional[float] = ..., scorers: _Optional[_Iterable[str]] = ..., scorer_status: _Optional[_Iterable[_Union[ScorerStatus, _Mapping]]] = ..., dashboard_url: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., rounds_total: _Optional[int] = ..., rounds_done: _Optional[int] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("spec",)
@@ -204,14 +225,20 @@ class GetJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
-    __slots__ = ("jobs",)
+    __slots__ = ("jobs", "next_page_token")
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[Job]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DeleteJobRequest(_message.Message):
     __slots__ = ("job_id",)
