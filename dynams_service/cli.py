@@ -91,6 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     import ray
 
+    from .core.dataset_access import DatasetAccess
     from .core.models import load_model_modules
     from .service.lifeline import Lifeline
     from .service.limits import Limits
@@ -111,7 +112,9 @@ def _serve(args: argparse.Namespace) -> int:
                             if args.max_memory_per_job else None),
         max_streams=args.max_streams, max_streams_per_peer=args.max_streams_per_peer,
         stream_idle_timeout=args.stream_idle_timeout, placement_timeout=args.placement_timeout,
-        job_ttl=args.job_ttl, job_expiry=args.job_expiry)
+        job_ttl=args.job_ttl, job_expiry=args.job_expiry,
+        dataset_roots=tuple(args.dataset_root))
+    DatasetAccess(limits.dataset_roots)  # a root that is itself not allowed fails here
     check_workers(limits)  # before Ray starts
     load_model_modules(args.models)
     lifeline = None
@@ -302,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--job-expiry", type=_non_negative_float, default=0.0, metavar="S",
                         help="delete a job and its state after this long without an RPC "
                              "naming it (default: 0, never)")
+    limits.add_argument("--dataset-root", action="append", default=[], metavar="URI",
+                        help="datasets must lie under this path or s3:// / gs:// prefix "
+                             "(repeatable; default: any local path or object store). URIs "
+                             "with ?options, credentials or ports are always refused")
     serve.set_defaults(func=_serve)
 
     status = commands.add_parser(

@@ -16,6 +16,7 @@ import numpy as np
 import ray
 import torch
 
+from ..core.dataset_access import DatasetAccess, DatasetAccessDenied
 from ..core.job import JobSpec
 from ..core.models import build_architecture
 from ..core.partition import epoch_order, rank_part
@@ -39,6 +40,7 @@ from .errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
 )
 from .limits import Limits
 from .metrics import SelectorMetrics
@@ -147,6 +149,7 @@ class JobCoordinator:
         self.store = store
         self.metrics = metrics or SelectorMetrics()
         self.limits = limits or Limits()
+        self.access = DatasetAccess(self.limits.dataset_roots)
         self._jobs: dict[str, _Job] = {}
         self._quarantined: dict[str, _Quarantined] = {}
         self._creating: dict[str, JobSpec] = {}  # job id → spec, while being placed
@@ -293,6 +296,10 @@ class JobCoordinator:
 
     def _prepare(self, spec: JobSpec) -> _Job:
         """Validate a spec against the registry and the dataset (no actors yet)."""
+        try:
+            self.access.check(spec.dataset_uri)
+        except DatasetAccessDenied as exc:
+            raise PermissionDenied(str(exc)) from None
         try:
             model = build_architecture(spec.proxy.architecture)
             proxy = model.make_proxy(spec.proxy.width)

@@ -9,6 +9,7 @@ __all__ = [
     "AlreadyExists",
     "FailedPrecondition",
     "DeadlineExceeded",
+    "PermissionDenied",
     "ResourceExhausted",
     "Internal",
 ]
@@ -48,3 +49,7 @@ class ResourceExhausted(SelectorError):
 
 class Internal(SelectorError):
     code = "INTERNAL"
+
+
+class PermissionDenied(SelectorError):
+    code = "PERMISSION_DENIED"

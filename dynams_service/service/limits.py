@@ -44,3 +44,6 @@ class Limits(BaseModel):
                                                      "job's scorers are released; 0: never")
     job_expiry: float = Field(0.0, ge=0, description="seconds without an RPC after which a "
                                                      "job is deleted; 0: never")
+    dataset_roots: tuple[str, ...] = Field(
+        (), description="datasets must lie under one of these paths or URIs (empty: any local "
+                        "path or object store); never client-chosen endpoints or credentials")
