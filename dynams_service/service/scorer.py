@@ -182,6 +182,9 @@ class ScorerPool:
             try:
                 results[i] = ray.get(ready[0])
             except RayActorError as exc:
+                if not self.actors:  # shut down while the round ran: nothing to re-create
+                    raise Internal(f"the scorers of job {self.job_id!r} were released during "
+                                   "the round (selector stopping or job deleted)") from None
                 recreated[i] += 1
                 if recreated[i] > self.max_recreations:
                     raise Internal(f"scorer {self.names[i]} died {recreated[i]} times: "
