@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["DatasetAccess", "DatasetAccessDenied", "DEFAULT_SCHEMES"]
+__all__ = ["DatasetAccess", "DatasetAccessDenied", "MalformedDatasetURI", "DEFAULT_SCHEMES"]
 
 # Object stores whose endpoint is fixed by the server's own configuration; local paths.
 DEFAULT_SCHEMES = ("file", "s3", "gs", "gcs")
@@ -22,6 +22,10 @@ DEFAULT_SCHEMES = ("file", "s3", "gs", "gcs")
 
 class DatasetAccessDenied(ValueError):
     """The URI is outside what the operator allows; the message says which rule."""
+
+
+class MalformedDatasetURI(DatasetAccessDenied):
+    """The URI is not one at all (a NUL byte): a bad argument rather than a denial."""
 
 
 class DatasetAccess:
@@ -51,7 +55,7 @@ class DatasetAccess:
     def _normalise(self, uri: str, is_root: bool = False) -> str:
         """``scheme://netloc/path`` with the path normalised; local paths resolved."""
         if "\0" in uri:
-            raise DatasetAccessDenied("dataset URI contains a NUL byte")
+            raise MalformedDatasetURI("dataset URI contains a NUL byte")
         if "://" not in uri:
             if "file" not in self.schemes:
                 raise DatasetAccessDenied("local dataset paths are not allowed here")

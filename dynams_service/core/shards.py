@@ -327,7 +327,8 @@ def write_shards(uri: str, samples: np.ndarray, labels: np.ndarray, *,
         mean, std = stats_from.mean, stats_from.std
     else:
         stats = _ChannelStats()
-        stats.add(torch.from_numpy(samples))
+        for start in range(0, len(samples), 8192):  # bounded float64 working memory
+            stats.add(torch.from_numpy(samples[start:start + 8192]))
         mean, std = stats.result()
     fs, root = _filesystem(uri)
     fs.create_dir(root, recursive=True)

@@ -16,7 +16,7 @@ import numpy as np
 import ray
 import torch
 
-from ..core.dataset_access import DatasetAccess, DatasetAccessDenied
+from ..core.dataset_access import DatasetAccess, DatasetAccessDenied, MalformedDatasetURI
 from ..core.job import JobSpec
 from ..core.models import build_architecture
 from ..core.partition import epoch_order, rank_part
@@ -298,6 +298,8 @@ class JobCoordinator:
         """Validate a spec against the registry and the dataset (no actors yet)."""
         try:
             self.access.check(spec.dataset_uri)
+        except MalformedDatasetURI as exc:
+            raise InvalidArgument(str(exc)) from None
         except DatasetAccessDenied as exc:
             raise PermissionDenied(str(exc)) from None
         try:

@@ -49,7 +49,7 @@ NEVER = {C.UNKNOWN, C.INTERNAL, C.UNAVAILABLE}
 # Every refusal must be one of these; each case narrows it to what its input deserves.
 # DEADLINE_EXCEEDED is legitimate only while a round scores, which never happens here.
 ALLOWED = {C.INVALID_ARGUMENT, C.NOT_FOUND, C.FAILED_PRECONDITION, C.ALREADY_EXISTS,
-           C.RESOURCE_EXHAUSTED, C.OUT_OF_RANGE, C.DEADLINE_EXCEEDED}
+           C.RESOURCE_EXHAUSTED, C.OUT_OF_RANGE, C.DEADLINE_EXCEEDED, C.PERMISSION_DENIED}
 HEALTHY = "healthy"
 EPOCHS = 4            # make_spec: epoch 0 full, epochs 1-3 each start a round
 SELECTED = 1200       # round 0 keeps ratio 0.3 of SMALL_N
@@ -522,8 +522,10 @@ def test_fuzz_create_job(live: Live, data: st.DataObject) -> None:
         except Exception:  # noqa: BLE001 - the server must call any of these a bad argument
             allowed = {C.INVALID_ARGUMENT}
         else:
+            # PERMISSION_DENIED: a URI scheme or form the selector's access rules refuse.
             allowed = ({C.ALREADY_EXISTS} if spec.job_id == HEALTHY
-                       else {C.INVALID_ARGUMENT, C.NOT_FOUND, C.FAILED_PRECONDITION})
+                       else {C.INVALID_ARGUMENT, C.NOT_FOUND, C.FAILED_PRECONDITION,
+                             C.PERMISSION_DENIED})
     _call("CreateJob", lambda: live.stub.CreateJob(request, timeout=CALL_TIMEOUT), allowed)
     job = live.stub.GetJob(pb.GetJobRequest(job_id=HEALTHY), timeout=CALL_TIMEOUT)
     assert job.SerializeToString(deterministic=True) == live.before["GetJob"]

@@ -256,8 +256,8 @@ def test_a_selection_stream_whose_client_stops_reading_is_cancelled(server_facto
     nothing: the server's send blocks on flow control until the idle timeout."""
     labels = np.arange(300_000, dtype=np.int64) % 10
     uri = str(tmp_path / "tiny")
-    manifest = write_shards(uri, np.zeros((300_000, 1, 1, 1), np.uint8), labels,
-                            rows_per_shard=100_000)
+    images = np.zeros((300_000, 1, 28, 28), np.uint8)  # what fmnist-cnn reads
+    manifest = write_shards(uri, images, labels, rows_per_shard=100_000)
     server = server_factory(limits=Limits(stream_idle_timeout=1.0))
     spec = make_spec((uri, manifest), "slow-reader").model_copy(update={
         "resources": ScorerResources(num_scorers=1, num_cpus=0)})
