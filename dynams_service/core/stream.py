@@ -15,6 +15,7 @@ from __future__ import annotations
 import posixpath
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -194,8 +195,6 @@ class ShardStream:
 
     def _decoded(self, first: int) -> Iterator[torch.Tensor]:
         """Read and decode rows ``first…`` (positions in this stream), filling the cache."""
-        import time
-
         pool = ThreadPoolExecutor(self.decode_threads) if self.decode_threads > 1 else None
         try:
             position = first
