@@ -20,8 +20,8 @@ import torch
 from .decoders import DecodeError, Normalizer
 from .shards import (
     CorruptSample,
-    _filesystem,
     dataset_decoder,
+    dataset_filesystem,
     open_shard,
     verified_labels,
 )
@@ -120,11 +120,11 @@ class ShardDataset(torch.utils.data.Dataset):
         return column.slice(i - shard.start - group_starts[g], 1)
 
     def _root(self) -> str:
-        return _filesystem(self.uri)[1]
+        return dataset_filesystem(self.uri)[1]
 
     def _shard(self, s: int) -> tuple[Any, Any, list[int]]:
         if s not in self._open:
-            fs, root = _filesystem(self.uri)
+            fs, root = dataset_filesystem(self.uri)
             parquet, handle = open_shard(fs, root, self.manifest.shards[s], self.decoder)
             meta = parquet.metadata
             sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]

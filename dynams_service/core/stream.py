@@ -29,12 +29,12 @@ from .shards import (
     CorruptSample,
     DatasetManifest,
     ShardError,
-    _checked_index_labels,
-    _filesystem,
-    _read_shard_table,
+    checked_index_labels,
     dataset_decoder,
+    dataset_filesystem,
     open_shard,
     read_manifest,
+    read_shard_columns,
 )
 
 __all__ = ["DecodedBatch", "ShardStream", "verify_samples"]
@@ -86,7 +86,7 @@ class ShardStream:
             raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
         self.manifest = manifest or read_manifest(uri)
         self.decoder = dataset_decoder(self.manifest)
-        self.fs, self.root = _filesystem(uri)
+        self.fs, self.root = dataset_filesystem(uri)
         ids = range(len(self.manifest.shards)) if shard_ids is None else shard_ids
         self.shards = [self.manifest.shards[i] for i in ids]
         self.batch_size, self.read_rows, self.prefetch = batch_size, read_rows, prefetch
@@ -94,9 +94,9 @@ class ShardStream:
         self.device = torch.device(device)
         indices, labels = [], []
         for shard in self.shards:
-            table = _read_shard_table(self.fs, self.root, shard, self.decoder, ("index", "label"))
+            table = read_shard_columns(self.fs, self.root, shard, self.decoder, ("index", "label"))
             path = posixpath.join(self.root, shard.path)
-            i, y = _checked_index_labels(table, shard, self.manifest, path)
+            i, y = checked_index_labels(table, shard, self.manifest, path)
             indices.append(i)
             labels.append(y)
         self.indices = np.concatenate(indices) if indices else np.zeros(0, np.int64)
