@@ -1,4 +1,4 @@
-"""The ``dynams`` command line: dataset conversion and inspection (more subcommands grow here)."""
+"""The ``dynams`` command line: datasets (convert, info), the selector (serve) and its jobs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from .core.idx import IDXError, load_idx_split
 from .core.registry import UnknownName
 from .core.shards import (
+    DatasetNotFound,
     ShardError,
     read_manifest,
     verify_dataset,
@@ -48,6 +49,20 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _datasets_inside(path: str) -> list[tuple[str, object]]:
+    """Datasets one level below a local directory (what `convert --out` writes)."""
+    root = Path(path)
+    if "://" in path or not root.is_dir():
+        return []
+    found = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            found.append((sub.name, read_manifest(str(sub))))
+        except ShardError:
+            continue
+    return found
+
+
 def _convert_image_folder(args: argparse.Namespace) -> int:
     """Image folder (one sub-folder per class) → one dataset at ``OUT``, streamed."""
     started = time.perf_counter()
@@ -63,7 +78,17 @@ def _convert_image_folder(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     """Print a dataset's size, classes, decoder, fingerprint and shard layout."""
-    manifest = verify_dataset(args.path) if args.verify else read_manifest(args.path)
+    try:
+        manifest = verify_dataset(args.path) if args.verify else read_manifest(args.path)
+    except DatasetNotFound:
+        inside = _datasets_inside(args.path)
+        if not inside:
+            raise
+        print(f"{args.path} holds {len(inside)} datasets (run `dynams dataset info` on one):")
+        for name, found in inside:
+            print(f"  {name:<16} {found.num_samples} samples, {found.fingerprint.num_classes} "
+                  f"classes, decoder {found.decoder.get('name')}")
+        return 0
     if args.verify:
         verify_samples(args.path, manifest, decode_threads=2)
     fp = manifest.fingerprint
@@ -158,17 +183,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     """Print a running selector's jobs, rounds, scorer placement and Ray dashboard URL."""
-    from .client import SelectorClient, SelectorRpcError
+    from .client import SelectorRpcError
     from .protocol import pb
 
-    token = Path(args.token_file).read_text().strip() if args.token_file else None
     states = {pb.ROUND_STATE_WAITING_FOR_WEIGHTS: "waiting", pb.ROUND_STATE_SCORING: "scoring",
               pb.ROUND_STATE_DONE: "done", pb.ROUND_STATE_FAILED: "failed"}
     job_states = {pb.JOB_STATE_ACTIVE: "active", pb.JOB_STATE_IDLE: "idle",
                   pb.JOB_STATE_FINISHED: "finished", pb.JOB_STATE_FAILED: "FAILED"}
     try:
-        with SelectorClient(args.address, token=token, tls_ca=args.tls_ca,
-                            timeout=args.timeout, retries=2) as client:
+        with _connect(args) as client:
             jobs = [client.get_job(args.job)] if args.job else _job_details(client)
     except SelectorRpcError as exc:
         print(f"dynams: error: {exc}", file=sys.stderr)
@@ -182,7 +205,7 @@ def _status(args: argparse.Namespace) -> int:
         state = job_states.get(job.state, "?")
         if job.state == pb.JOB_STATE_FAILED:
             print(f"\njob {spec.job_id}  FAILED (quarantined): {job.error}")
-            print("  delete it (DeleteJob) and create it again")
+            print(f"  delete it (dynams job delete {spec.job_id}) and create it again")
             continue
         print(f"\njob {spec.job_id}  {state}  ({spec.fingerprint.num_samples} samples, "
               f"{spec.epochs} epochs, rounds done {job.rounds_done}/{job.rounds_total})")
@@ -227,14 +250,20 @@ def _job_details(client) -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dynams", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="dynams", description=__doc__,
+        epilog="example: dynams dataset convert --out data/fashion-mnist && dynams serve")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    dataset = commands.add_parser("dataset", help="convert and inspect shard datasets")
+    dataset = commands.add_parser("dataset", help="convert and inspect shard datasets",
+                                  epilog="example: dynams dataset info data/fashion-mnist")
     dataset_cmds = dataset.add_subparsers(dest="dataset_command", required=True)
 
     convert = dataset_cmds.add_parser(
-        "convert", help="convert MNIST-style IDX files or an image folder into Parquet shards")
+        "convert", help="convert MNIST-style IDX files or an image folder into Parquet shards",
+        epilog="examples: dynams dataset convert --out data/fashion-mnist; "
+               "dynams dataset convert --image-folder ~/imgs/train --out data/imgs/train "
+               "--size 3,64,64")
     convert.add_argument("--idx", "--data-dir", dest="idx", default=DEFAULT_IDX_DIR,
                          help=f"directory with train-/t10k- IDX files, raw or .gz "
                               f"(default: {DEFAULT_IDX_DIR}); writes OUT/train and OUT/test")
@@ -255,14 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
                               "(default: 8192)")
     convert.set_defaults(func=_convert)
 
-    info = dataset_cmds.add_parser("info", help="print a shard dataset's layout and fingerprint")
+    info = dataset_cmds.add_parser(
+        "info", help="print a shard dataset's layout and fingerprint",
+        epilog="example: dynams dataset info data/fashion-mnist/train --verify")
     info.add_argument("path", help="dataset directory or pyarrow URI")
     info.add_argument("--verify", action="store_true",
                       help="read every shard, check indices, labels and fingerprint, and "
                            "decode every sample (a corrupt one is named by shard and row)")
     info.set_defaults(func=_info)
 
-    serve = commands.add_parser("serve", help="run the selector (gRPC server on Ray)")
+    serve = commands.add_parser(
+        "serve", help="run the selector (gRPC server on Ray)",
+        epilog="example: dynams serve --address 0.0.0.0:50051 --token-file token "
+               "--dataset-root /data")
     serve.add_argument("--address", default="127.0.0.1:50051",
                        help="host:port to listen on (default: 127.0.0.1:50051; port 0 picks one)")
     serve.add_argument("--ray-address", default="auto",
@@ -311,17 +345,77 @@ def build_parser() -> argparse.ArgumentParser:
                              "with ?options, credentials or ports are always refused")
     serve.set_defaults(func=_serve)
 
+    selector = argparse.ArgumentParser(add_help=False)  # how to reach `dynams serve`
+    selector.add_argument("--address", default="127.0.0.1:50051",
+                          help="host:port of `dynams serve` (default: 127.0.0.1:50051)")
+    selector.add_argument("--token-file", help="file holding the selector's bearer token")
+    selector.add_argument("--tls-ca", help="PEM CA certificate of a TLS selector")
+    selector.add_argument("--timeout", type=float, default=10.0,
+                          help="seconds per call (default: 10)")
+
     status = commands.add_parser(
-        "status", help="print a selector's jobs, rounds, scorer placement and dashboard URL")
-    status.add_argument("--address", default="127.0.0.1:50051",
-                        help="host:port of `dynams serve` (default: 127.0.0.1:50051)")
+        "status", parents=[selector], epilog="example: dynams status --address head:50051",
+        help="print a selector's jobs, rounds, scorer placement and dashboard URL")
     status.add_argument("--job", help="only this job (default: every job)")
-    status.add_argument("--token-file", help="file holding the selector's bearer token")
-    status.add_argument("--tls-ca", help="PEM CA certificate of a TLS selector")
-    status.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds per call (default: 10)")
     status.set_defaults(func=_status)
+
+    job = commands.add_parser("job", help="list or delete a selector's jobs")
+    job_cmds = job.add_subparsers(dest="job_command", required=True)
+    listing = job_cmds.add_parser("list", parents=[selector], help="one line per job",
+                                  epilog="example: dynams job list --address head:50051")
+    listing.set_defaults(func=_job_list)
+    delete = job_cmds.add_parser(
+        "delete", parents=[selector], epilog="example: dynams job delete fmnist-r03",
+        help="delete a job: its scorers stop and its saved rounds are removed, so the id "
+             "can be reused for a new run")
+    delete.add_argument("job_id")
+    delete.set_defaults(func=_job_delete)
     return parser
+
+
+def _connect(args: argparse.Namespace):
+    from .client import SelectorClient
+
+    token = Path(args.token_file).read_text().strip() if args.token_file else None
+    return SelectorClient(args.address, token=token, tls_ca=args.tls_ca, timeout=args.timeout,
+                          retries=2)
+
+
+def _job_list(args: argparse.Namespace) -> int:
+    """One line per job: id, state, rounds done, samples, dataset."""
+    from .client import SelectorRpcError
+    from .protocol import pb
+
+    names = {pb.JOB_STATE_ACTIVE: "active", pb.JOB_STATE_IDLE: "idle",
+             pb.JOB_STATE_FINISHED: "finished", pb.JOB_STATE_FAILED: "FAILED"}
+    try:
+        with _connect(args) as client:
+            jobs = client.list_jobs()
+    except SelectorRpcError as exc:
+        print(f"dynams: error: {exc}", file=sys.stderr)
+        return 1
+    for job in jobs:
+        spec = job.spec
+        print(f"{spec.job_id:<32} {names.get(job.state, '?'):<9} rounds "
+              f"{job.rounds_done}/{job.rounds_total}  {spec.fingerprint.num_samples} samples  "
+              f"{spec.dataset_uri}")
+    if not jobs:
+        print("(no jobs)")
+    return 0
+
+
+def _job_delete(args: argparse.Namespace) -> int:
+    """Delete one job (its scorers and saved rounds)."""
+    from .client import SelectorRpcError
+
+    try:
+        with _connect(args) as client:
+            client.delete_job(args.job_id)
+    except SelectorRpcError as exc:
+        print(f"dynams: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"deleted job {args.job_id}")
+    return 0
 
 
 def _size(text: str) -> tuple[int, int, int]:

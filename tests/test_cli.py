@@ -26,6 +26,10 @@ def test_convert_and_info(fashion_mnist_dir, tmp_path):
     assert info.returncode == 0, info.stderr
     assert "samples:        60000" in info.stdout and "every sample decoded" in info.stdout
     assert "rows [40000, 60000)" in info.stdout
+    both = run("dataset", "info", str(tmp_path / "fm"))  # the directory convert wrote
+    assert both.returncode == 0, both.stderr
+    assert "holds 2 datasets" in both.stdout and "test" in both.stdout
+    assert "60000 samples" in both.stdout and "10000 samples" in both.stdout
 
 
 def test_console_script_is_installed():

@@ -148,3 +148,29 @@ def test_a_fifo_in_a_saved_job_does_not_stop_a_restart(tmp_path, small_shards, r
         assert code == C.FAILED_PRECONDITION and "could not be restored" in message
     finally:
         server.stop()
+
+
+def test_job_list_and_delete_from_the_command_line(selector, small_shards):
+    import subprocess
+    import sys
+
+    server, allowed = selector
+    root = dataset(allowed, small_shards, "cli-jobs")
+    client = SelectorClient(server.address, retries=0)
+    client.create_job(spec_for(small_shards, str(root), "cli-job").model_copy(update={
+        "resources": make_spec(small_shards).resources.model_copy(update={"num_cpus": 0})}))
+
+    def dynams(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dynams_service.cli", *args,
+                               "--address", server.address], capture_output=True, text=True,
+                              timeout=60)
+
+    listed = dynams("job", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert any(line.startswith("cli-job ") and "rounds 0/3" in line
+               for line in listed.stdout.splitlines()), listed.stdout
+    deleted = dynams("job", "delete", "cli-job")
+    assert deleted.returncode == 0 and "deleted job cli-job" in deleted.stdout
+    assert "cli-job " not in dynams("job", "list").stdout
+    again = dynams("job", "delete", "cli-job")
+    assert again.returncode == 1 and "NOT_FOUND" in again.stderr
