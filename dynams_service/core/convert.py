@@ -106,6 +106,8 @@ def write_shards(uri: str, samples: np.ndarray, labels: np.ndarray, *,
                  stats_from: DatasetManifest | None = None) -> DatasetManifest:
     """Write ``samples`` (N, C, H, W) uint8/float32 and ``labels`` as a sharded dataset.
 
+    Any other shape is refused: an (N, 28, 28) array would otherwise read as 28 channels.
+
     The samples are stored as fixed-size tensors (the ``raw`` decoder); for encoded images
     see ``write_encoded_shards`` and ``write_image_folder``.
 
@@ -119,9 +121,14 @@ def write_shards(uri: str, samples: np.ndarray, labels: np.ndarray, *,
     labels = np.asarray(labels, dtype=np.int64)
     if samples.dtype.name not in ("uint8", "float32"):
         raise ValueError(f"samples must be uint8 or float32, got {samples.dtype}")
-    if samples.ndim < 2 or len(samples) != len(labels) or len(labels) == 0:
-        raise ValueError(f"need (N, C, ...) samples and (N,) labels, got {samples.shape} "
-                         f"and {labels.shape}")
+    if samples.ndim != 4:
+        hint = (f"; grey images of shape (N, H, W) need a channel axis: samples[:, None] "
+                f"gives (N, 1, {samples.shape[1]}, {samples.shape[2]})"
+                if samples.ndim == 3 else "")
+        raise ValueError(f"samples must be (N, C, H, W), got shape {samples.shape}{hint}")
+    if len(samples) != len(labels) or len(labels) == 0:
+        raise ValueError(f"need as many labels as samples (at least one), got "
+                         f"{len(samples)} samples and labels of shape {labels.shape}")
     if rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
     num_classes = _checked_labels(labels, num_classes)

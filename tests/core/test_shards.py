@@ -171,3 +171,13 @@ def test_relabelled_shard_fails_the_manifest_fingerprint(small_dataset, tmp_path
     pq.write_table(t.set_column(1, "label", pa.array(labels)), copy / "shard-00000.parquet")
     with pytest.raises(ShardError, match="do not match the manifest's fingerprint"):
         verify_dataset(str(copy))
+
+
+def test_write_shards_refuses_arrays_without_a_channel_axis(tmp_path):
+    images = np.zeros((10, 28, 28), np.uint8)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\).*samples\[:, None\] gives "
+                                         r"\(N, 1, 28, 28\)"):
+        write_shards(str(tmp_path / "ds"), images, np.zeros(10, np.int64), num_classes=2)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\), got shape \(10, 784\)"):
+        write_shards(str(tmp_path / "ds"), images.reshape(10, -1), np.zeros(10, np.int64))
+    assert not (tmp_path / "ds").exists()
