@@ -83,6 +83,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--state-dir", default=".dynams-state",
                    help="--embedded: where the selector persists jobs and rounds")
     p.add_argument("--summary", type=Path, help="write a JSON summary here (rank 0)")
+    p.add_argument("--checkpoint", type=Path,
+                   help="save model, optimizer, schedule and sampler here (rank 0)")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="steps between saves")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --checkpoint if it exists (mid-epoch included)")
     p.add_argument("--record-dir", type=Path,
                    help="write each rank's indices, sources and a parameter hash here")
     return p.parse_args()
@@ -126,6 +131,14 @@ def start_embedded(args: argparse.Namespace):
     return server, context.dashboard_url
 
 
+def save_checkpoint(path: Path, model, optimizer, schedule, sampler_state: dict | None) -> None:
+    """Everything a resumed run needs, written atomically (a kill never leaves half)."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "sampler": sampler_state}, tmp)
+    tmp.replace(path)
+
+
 def build_model(arch: str, width: float) -> SlimmableModel:
     """The registered architecture, built for widths (1, α) only: DDP wants every
     parameter used each step, and unused widths' BatchNorms would not be."""
@@ -151,6 +164,8 @@ def param_hash(model: torch.nn.Module) -> str:
 
 def main() -> None:
     args = parse_args()
+    if args.resume and (args.full or not args.checkpoint):
+        raise SystemExit("--resume needs --checkpoint and the DynaMS sampler (not --full)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     distributed = "RANK" in os.environ
     if distributed:
@@ -217,10 +232,21 @@ def main() -> None:
             print(f"Ray dashboard: http://{dashboard}", flush=True)
 
     log, train_seconds, wait_seconds, records = [], 0.0, 0.0, {}
-    accuracy = 0.0
-    for epoch in range(args.epochs):
+    accuracy, start_epoch = 0.0, 0
+    if args.resume and args.checkpoint and args.checkpoint.exists():
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        sampler.load_state_dict(state["sampler"])
+        start_epoch = state["sampler"]["epoch"]
+        if rank == 0:
+            print(f"resumed at epoch {start_epoch}, {state['sampler']['consumed']} samples "
+                  "in", flush=True)
+    for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
         started = time.perf_counter()
+        already = epoch_lengths[epoch] - len(sampler)  # trained before a resume
         batches = list(BatchSampler(sampler, args.batch_size, drop_last=False))
         waited = sampler.wait_seconds.get(epoch, 0.0) if not args.full else 0.0
         indices = [i for b in batches for i in b]
@@ -239,6 +265,10 @@ def main() -> None:
             if not args.full:
                 sampler.maybe_push(model, progress=(step + 1) / len(batches),
                                    version=schedule.last_epoch)
+            if args.checkpoint and rank == 0 and schedule.last_epoch % args.checkpoint_every == 0:
+                consumed = already + sum(len(b) for b in batches[:step + 1])
+                save_checkpoint(args.checkpoint, model, optimizer, schedule,
+                                None if args.full else sampler.state_dict(consumed=consumed))
         seconds = time.perf_counter() - started - waited
         train_seconds += seconds
         wait_seconds += waited

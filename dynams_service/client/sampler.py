@@ -115,6 +115,8 @@ class DynaMSSampler(Sampler[int]):
         self._push_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynams-push")
         self._closing = threading.Event()  # set by close(): ends a push still on the wire
         self._lock = threading.Lock()
+        self._yielded = 0  # indices of the current epoch handed out so far
+        self._resume_at: tuple[int, int] | None = None  # (epoch, samples already trained)
 
     def _resolve_job(self, job: JobSpec | str) -> JobSpec:
         try:
@@ -150,7 +152,10 @@ class DynaMSSampler(Sampler[int]):
         self._fetch(epoch)
 
     def __len__(self) -> int:
-        return rank_count(self._plan[self.epoch].size, self.world_size, self.drop_last)
+        """This rank's samples left in the epoch: all of them, less those already trained
+        when the sampler was resumed mid-epoch."""
+        return rank_count(self._plan[self.epoch].size, self.world_size,
+                          self.drop_last) - self._skip(self.epoch)
 
     def __iter__(self) -> Iterator[int]:
         started = time.perf_counter()
@@ -160,7 +165,58 @@ class DynaMSSampler(Sampler[int]):
         if nxt < len(self._plan.epochs) and (self._plan[nxt].kind is not EpochKind.SELECT
                                              or nxt in self.pushed):
             self._fetch(nxt)
-        return iter(indices.tolist())
+        skip = self._skip(self.epoch)
+        self._resume_at = None
+        self._yielded = skip
+        return self._counted(indices[skip:].tolist())
+
+    def _counted(self, indices: list[int]) -> Iterator[int]:
+        for i in indices:
+            self._yielded += 1
+            yield i
+
+    def _skip(self, epoch: int) -> int:
+        return self._resume_at[1] if self._resume_at and self._resume_at[0] == epoch else 0
+
+    # --- checkpoints --------------------------------------------------------------------
+
+    def state_dict(self, consumed: int | None = None) -> dict:
+        """What a checkpoint needs to resume this sampler exactly, mid-epoch included.
+
+        Args:
+            consumed: this rank's samples of the current epoch already trained on; by
+                default the number of indices the iterator has handed out (pass it when
+                a DataLoader prefetches ahead of training).
+
+        Example:
+            >>> torch.save({"model": model.state_dict(), "sampler": sampler.state_dict(
+            ...     consumed=(step + 1) * batch_size)}, "ckpt.pt")  # doctest: +SKIP
+        """
+        consumed = self._yielded if consumed is None else consumed
+        if not 0 <= consumed <= rank_count(self._plan[self.epoch].size, self.world_size,
+                                           self.drop_last):
+            raise ValueError(f"consumed must be in [0, this epoch's {len(self)}], got "
+                             f"{consumed}")
+        return {"job_id": self.spec.job_id, "world_size": self.world_size,
+                "epoch": self.epoch, "consumed": consumed, "pushed": dict(self.pushed)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()``: the next ``set_epoch(state["epoch"])`` then
+        iterates the rest of that epoch, exactly the indices an uninterrupted run would
+        have yielded. Rounds already pushed are not pushed again."""
+        if state.get("job_id") != self.spec.job_id:
+            raise ValueError(f"the checkpoint is of job {state.get('job_id')!r}, this "
+                             f"sampler's is {self.spec.job_id!r}")
+        if state.get("world_size") != self.world_size:
+            raise ValueError(f"the checkpoint was taken with world_size "
+                             f"{state.get('world_size')}, this job runs {self.world_size} "
+                             "ranks: the epoch's parts would differ")
+        epoch, consumed = int(state["epoch"]), int(state["consumed"])
+        if not 0 <= epoch < len(self._plan.epochs):
+            raise ValueError(f"epoch {epoch} must be in [0, {len(self._plan.epochs) - 1}]")
+        self.pushed = {int(e): int(v) for e, v in state["pushed"].items()}
+        self.epoch = epoch
+        self._resume_at = (epoch, consumed)
 
     # --- weights ------------------------------------------------------------------------
 

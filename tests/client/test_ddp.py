@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -14,25 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynams_service import write_shards
 from dynams_service.client import SelectorClient
 from dynams_service.protocol import pb
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 4
-
-
-@pytest.fixture(scope="module")
-def shard_root(tmp_path_factory, small_shards, fashion_mnist_dir) -> Path:
-    """shards/train (the 4000-sample set) and shards/test (1000 test images)."""
-    from dynams_service import load_idx_split
-
-    root = tmp_path_factory.mktemp("ddp") / "shards"
-    shutil.copytree(small_shards[0], root / "train")
-    images, labels = load_idx_split(fashion_mnist_dir, "test")
-    write_shards(str(root / "test"), images[:1000, None], labels[:1000], num_classes=10,
-                 stats_from=small_shards[1])
-    return root
 
 
 def torchrun(args: list[str], cwd: Path) -> subprocess.Popen:
