@@ -41,6 +41,11 @@ MAX_PUSH_BYTES = 1024 * 1024 * 1024    # one push, all tensors together
 INDEX_CHUNK = 131072                   # indices per SelectionChunk (1 MiB)
 MAX_WORLD_SIZE = 1 << 20               # GetSelection world_size
 MAX_PUSH_TENSORS = 100_000             # distinct tensors in one push
+# NOTE [ error reasons ]: a status code says what kind of failure it is; where clients must
+# tell two failures of one code apart, the server adds a machine-readable reason in this
+# trailing metadata key (like google.rpc.ErrorInfo.reason), never only in the message.
+REASON_KEY = "dynams-reason"
+WEIGHTS_NOT_PUSHED = "WEIGHTS_NOT_PUSHED"  # FAILED_PRECONDITION: push the round's weights
 
 _MARGIN = {"distance": pb.MARGIN_MODE_DISTANCE, "signed": pb.MARGIN_MODE_SIGNED}
 _BALANCE = {"per_class": pb.CLASS_BALANCE_PER_CLASS, "global": pb.CLASS_BALANCE_GLOBAL}

@@ -21,6 +21,7 @@ from ..core.psp import TensorRecord
 from ..proto.dynams.v1 import selector_pb2_grpc
 from ..protocol import (
     MAX_MESSAGE_BYTES,
+    REASON_KEY,
     indices_from_chunks,
     pb,
     records_to_chunks,
@@ -33,13 +34,23 @@ T = TypeVar("T")
 
 
 class SelectorRpcError(RuntimeError):
-    """A selector call failed; ``code`` is the ``grpc.StatusCode``."""
+    """A selector call failed; ``code`` is the ``grpc.StatusCode``, ``reason`` the server's
+    machine-readable reason where it gave one (e.g. ``protocol.WEIGHTS_NOT_PUSHED``)."""
 
-    def __init__(self, method: str, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, method: str, code: grpc.StatusCode, details: str,
+                 reason: str = "") -> None:
         super().__init__(f"{method}: {code.name}: {details}")
         self.method = method
         self.code = code
         self.details = details
+        self.reason = reason
+
+
+def _reason(exc: grpc.RpcError) -> str:
+    """The server's machine-readable reason (NOTE [ error reasons ] in protocol.py)."""
+    trailing = getattr(exc, "trailing_metadata", None)
+    metadata = (trailing() if callable(trailing) else None) or ()
+    return next((str(v) for k, v in metadata if k == REASON_KEY), "")
 
 
 class SelectorClient:
@@ -90,7 +101,8 @@ class SelectorClient:
                 retry = (code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries
                          and time.monotonic() + delay < deadline)
                 if not retry:
-                    raise SelectorRpcError(method, code, exc.details()) from None  # type: ignore[attr-defined]
+                    raise SelectorRpcError(method, code, exc.details(),  # type: ignore[attr-defined]
+                                           _reason(exc)) from None
                 time.sleep(delay * (1 + random.random() * 0.2))
                 delay *= 2
         raise AssertionError("unreachable")

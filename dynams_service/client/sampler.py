@@ -25,7 +25,7 @@ from ..core.models import SlimmableModel
 from ..core.partition import epoch_order, rank_count, rank_part, uniform_subset
 from ..core.policy import EpochKind, Plan
 from ..core.psp import export_psp
-from ..protocol import pb, spec_from_proto
+from ..protocol import WEIGHTS_NOT_PUSHED, pb, spec_from_proto
 from .client import SelectorClient, SelectorRpcError
 
 __all__ = ["DynaMSSampler", "EpochSource"]
@@ -321,8 +321,7 @@ class DynaMSSampler(Sampler[int]):
                     self.spec.job_id, epoch, self.rank, self.world_size,
                     drop_last=self.drop_last, timeout=remaining)
             except SelectorRpcError as exc:
-                if (exc.code == grpc.StatusCode.FAILED_PRECONDITION
-                        and "no weights pushed yet" in exc.details):
+                if exc.reason == WEIGHTS_NOT_PUSHED:
                     push = self._pushes.get(epoch)
                     if push is not None and push.done() and not push.result():
                         reason = "the weights push failed"

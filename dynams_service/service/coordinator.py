@@ -41,6 +41,7 @@ from .errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    WeightsNotPushed,
 )
 from .limits import Limits
 from .metrics import SelectorMetrics
@@ -549,7 +550,7 @@ class JobCoordinator:
                                        "weights again to retry")
                     if round_ not in job.scoring:
                         select_epoch = job.plan.select_epochs[round_]
-                        raise FailedPrecondition(
+                        raise WeightsNotPushed(
                             f"no weights pushed yet for round {round_} (epoch {epoch}); push "
                             f"the PSP weights for epoch {select_epoch} first")
                     remaining = deadline - time.monotonic()

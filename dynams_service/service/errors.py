@@ -8,6 +8,7 @@ __all__ = [
     "NotFound",
     "AlreadyExists",
     "FailedPrecondition",
+    "WeightsNotPushed",
     "DeadlineExceeded",
     "PermissionDenied",
     "ResourceExhausted",
@@ -16,9 +17,11 @@ __all__ = [
 
 
 class SelectorError(Exception):
-    """Base class; ``code`` names a ``grpc.StatusCode`` member."""
+    """Base class; ``code`` names a ``grpc.StatusCode`` member, ``reason`` (optional) is
+    sent as machine-readable trailing metadata (NOTE [ error reasons ] in protocol.py)."""
 
     code = "INTERNAL"
+    reason = ""
 
 
 class InvalidArgument(SelectorError):
@@ -35,6 +38,12 @@ class AlreadyExists(SelectorError):
 
 class FailedPrecondition(SelectorError):
     code = "FAILED_PRECONDITION"
+
+
+class WeightsNotPushed(FailedPrecondition):
+    """A selection epoch whose round has no weights yet: push them, then ask again."""
+
+    reason = "WEIGHTS_NOT_PUSHED"  # protocol.WEIGHTS_NOT_PUSHED
 
 
 class DeadlineExceeded(SelectorError):

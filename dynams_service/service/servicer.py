@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from ..proto.dynams.v1 import selector_pb2_grpc
 from ..protocol import (
     MAX_WORLD_SIZE,
+    REASON_KEY,
     ProtocolError,
     chunks_to_push,
     pb,
@@ -51,6 +52,8 @@ def _status_codes(method: Callable[..., T]) -> Callable[..., T]:
         except UndecodableRequest:
             raise  # the decoding layer answers it (INVALID_ARGUMENT, rate-limited log)
         except SelectorError as exc:
+            if exc.reason:
+                context.set_trailing_metadata(((REASON_KEY, exc.reason),))
             context.abort(getattr(grpc.StatusCode, exc.code), _short(exc))
         except (ValidationError, ProtocolError) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, _short(exc))

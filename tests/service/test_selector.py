@@ -16,7 +16,7 @@ from dynams_service import (
     select,
 )
 from dynams_service.client import SelectorClient, SelectorRpcError
-from dynams_service.protocol import pb
+from dynams_service.protocol import WEIGHTS_NOT_PUSHED, pb
 
 from .conftest import canonical_from_parts, gather, make_spec
 
@@ -84,6 +84,7 @@ def test_full_epochs_need_no_weights_and_unpushed_rounds_say_so(job_with_round):
         client.get_selection(spec.job_id, 2, 0, 1)
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "no weights pushed yet for round 1" in info.value.details
+    assert info.value.reason == WEIGHTS_NOT_PUSHED  # what clients switch on, not the text
 
 
 def test_pushing_again_changes_nothing(job_with_round, trained_model):
