@@ -59,6 +59,7 @@ class ShardDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.cached_row_groups = max(1, cached_row_groups)
         self._starts = [s.start for s in self.manifest.shards]
+        self._fs, self._root = dataset_filesystem(uri)
         self._open: dict[int, tuple[Any, Any, list[int]]] = {}
         self._groups: OrderedDict[tuple[int, int], pa.Array] = OrderedDict()
 
@@ -110,7 +111,7 @@ class ShardDataset(torch.utils.data.Dataset):
             try:
                 column = parquet.read_row_group(g, columns=["sample"]).column(0).combine_chunks()
             except (OSError, pa.ArrowException) as exc:
-                raise CorruptSample(f"{posixpath.join(self._root(), shard.path)}: unreadable "
+                raise CorruptSample(f"{posixpath.join(self._root, shard.path)}: unreadable "
                                     f"row group {g} ({exc})") from None
             self._groups[key] = column
             while len(self._groups) > self.cached_row_groups:
@@ -119,13 +120,10 @@ class ShardDataset(torch.utils.data.Dataset):
             self._groups.move_to_end(key)
         return column.slice(i - shard.start - group_starts[g], 1)
 
-    def _root(self) -> str:
-        return dataset_filesystem(self.uri)[1]
-
     def _shard(self, s: int) -> tuple[Any, Any, list[int]]:
         if s not in self._open:
-            fs, root = dataset_filesystem(self.uri)
-            parquet, handle = open_shard(fs, root, self.manifest.shards[s], self.decoder)
+            parquet, handle = open_shard(self._fs, self._root, self.manifest.shards[s],
+                                         self.decoder)
             meta = parquet.metadata
             sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
             starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(int).tolist()

@@ -67,6 +67,7 @@ __all__ = [
     "open_shard",
     "read_shard_columns",
     "checked_index_labels",
+    "read_index_labels",
     "dataset_decoder",
     "dataset_filesystem",
     "verify_dataset",
@@ -210,18 +211,26 @@ def verify_dataset(uri: str, expected: DatasetFingerprint | None = None) -> Data
     return verified_labels(uri, expected)[0]
 
 
+def read_index_labels(fs: pafs.FileSystem, root: str, manifest: DatasetManifest,
+                      decoder: Decoder, shards: Sequence[ShardInfo]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The checked ``index`` and ``label`` columns of ``shards``, concatenated (int64)."""
+    indices, labels = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for shard in shards:
+        table = read_shard_columns(fs, root, shard, decoder, ("index", "label"))
+        i, y = checked_index_labels(table, shard, manifest, posixpath.join(root, shard.path))
+        indices.append(i)
+        labels.append(y)
+    return np.concatenate(indices), np.concatenate(labels)
+
+
 def verified_labels(uri: str, expected: DatasetFingerprint | None = None
                     ) -> tuple[DatasetManifest, np.ndarray]:
     """``verify_dataset`` that also returns all labels (N,) int64, read once."""
     manifest = read_manifest(uri)
-    decoder = dataset_decoder(manifest)
     fs, root = dataset_filesystem(uri)
-    labels = []
-    for shard in manifest.shards:
-        path = posixpath.join(root, shard.path)
-        table = read_shard_columns(fs, root, shard, decoder, ("index", "label"))
-        labels.append(checked_index_labels(table, shard, manifest, path)[1])
-    all_labels = np.concatenate(labels)
+    _, all_labels = read_index_labels(fs, root, manifest, dataset_decoder(manifest),
+                                      manifest.shards)
     actual = fingerprint(all_labels, manifest.fingerprint.num_classes)
     if actual != manifest.fingerprint:
         raise ShardError(f"{uri}: labels do not match the manifest's fingerprint")

@@ -29,12 +29,11 @@ from .shards import (
     CorruptSample,
     DatasetManifest,
     ShardError,
-    checked_index_labels,
     dataset_decoder,
     dataset_filesystem,
     open_shard,
+    read_index_labels,
     read_manifest,
-    read_shard_columns,
 )
 
 __all__ = ["DecodedBatch", "ShardStream", "verify_samples"]
@@ -92,15 +91,8 @@ class ShardStream:
         self.batch_size, self.read_rows, self.prefetch = batch_size, read_rows, prefetch
         self.decode_threads = decode_threads
         self.device = torch.device(device)
-        indices, labels = [], []
-        for shard in self.shards:
-            table = read_shard_columns(self.fs, self.root, shard, self.decoder, ("index", "label"))
-            path = posixpath.join(self.root, shard.path)
-            i, y = checked_index_labels(table, shard, self.manifest, path)
-            indices.append(i)
-            labels.append(y)
-        self.indices = np.concatenate(indices) if indices else np.zeros(0, np.int64)
-        self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+        self.indices, self.labels = read_index_labels(self.fs, self.root, self.manifest,
+                                                      self.decoder, self.shards)
         self.offsets = np.concatenate(([0], np.cumsum([s.num_rows for s in self.shards])))
         self.cache_rows = min(len(self.indices), cache_bytes // self.decoder.row_bytes)
         self._cache: torch.Tensor | None = None
