@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,6 +77,8 @@ class Sandbox:
         # Login shells read ~/.bash_profile; Ray's runner also sources ~/.bashrc.
         for rc in (".bashrc", ".bash_profile"):
             (self.home / rc).write_text(f'export PATH="{stubs}:$PATH"\n')
+        # Where file_mounts put this repository (its deploy/ scripts are run from there).
+        (self.home / "dynams-service").symlink_to(DEPLOY.parent, target_is_directory=True)
 
     def run(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         """Run one command as a node would; it must succeed."""
@@ -227,6 +231,77 @@ def test_head_commands_start_ray_then_the_selector(name, tmp_path):
     assert serve["env"]["RAY_AUTH_MODE"] == "token"
     assert (box.home / "dynams" / "selector-address").read_text().strip() == args.address
     assert (box.home / "dynams" / "serve.pid").read_text().strip().isdigit()
+    assert (box.home / "dynams" / "stop-with-ray.log").exists()  # its watcher was started
+
+
+@pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
+def test_login_shells_on_every_node_use_token_auth(name, tmp_path):
+    """`ray status` typed on the head (or sent by `ray exec`) talks token auth as the
+    start commands do: the setup puts RAY_AUTH_MODE in ~/.bashrc, not only in them."""
+    config = load_launcher(name)
+    box = Sandbox(tmp_path)
+    for command in config["setup_commands"]:
+        if "~/.bashrc" in command:  # the others install packages
+            box.run(["bash", "-c", command])
+            box.run(["bash", "-c", command])  # a second `ray up` adds nothing
+    assert (box.home / ".bashrc").read_text().count("RAY_AUTH_MODE") == 1
+    box.run_as_ray_updater("ray status", {})
+    (_, status), = find(box.calls(), "ray", "status")
+    assert status["env"]["RAY_AUTH_MODE"] == "token"
+
+
+@pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
+def test_the_selector_is_stopped_with_the_heads_ray(name):
+    """`ray down` runs only `ray stop` on the head: a watcher started beside the selector
+    must end it (see test_stop_with_ray_*)."""
+    config = load_launcher(name)
+    serve = next(c for c in config["head_start_ray_commands"] if "dynams serve" in c)
+    mount = next(remote for remote, local in config["file_mounts"].items() if local in (".", "./"))
+    assert f"{mount}/deploy/stop-with-ray.sh" in serve
+    assert '"$(cat ~/dynams/serve.pid)" "$HEAD_IP:6379"' in serve
+    assert serve.index("serve.pid;") < serve.index("stop-with-ray.sh")
+
+
+def _watch(selector_pid: int, port: int) -> subprocess.Popen:
+    """deploy/stop-with-ray.sh on a fast clock: probes every 0.2 s, gives up after 2."""
+    return subprocess.Popen(
+        ["bash", str(DEPLOY / "stop-with-ray.sh"), str(selector_pid), f"127.0.0.1:{port}",
+         "0.2", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_stop_with_ray_stops_the_selector_once_the_gcs_port_closes():
+    gcs = socket.create_server(("127.0.0.1", 0))  # stands in for Ray's GCS
+    selector = subprocess.Popen(["sleep", "120"])
+    watcher = _watch(selector.pid, gcs.getsockname()[1])
+    try:
+        time.sleep(1.5)
+        assert selector.poll() is None, "stopped while Ray was still up"
+        assert watcher.poll() is None
+        gcs.close()  # `ray stop`
+        assert selector.wait(timeout=10) == -signal.SIGTERM
+        assert watcher.wait(timeout=10) == 0
+        assert "is gone: stopping the selector" in watcher.stdout.read()
+    finally:
+        gcs.close()
+        for proc in (selector, watcher):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_stop_with_ray_exits_when_the_selector_exits_first():
+    gcs = socket.create_server(("127.0.0.1", 0))
+    selector = subprocess.Popen(["sleep", "0.5"])
+    watcher = _watch(selector.pid, gcs.getsockname()[1])
+    try:
+        assert selector.wait(timeout=10) == 0
+        assert watcher.wait(timeout=10) == 0
+        assert watcher.stdout.read() == ""
+    finally:
+        gcs.close()
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
 
 
 @pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
