@@ -359,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--job", help="only this job (default: every job)")
     status.set_defaults(func=_status)
 
-    job = commands.add_parser("job", help="list or delete a selector's jobs")
+    job = commands.add_parser("job", help="list or delete a selector's jobs",
+                              epilog="example: dynams job list --address head:50051")
     job_cmds = job.add_subparsers(dest="job_command", required=True)
     listing = job_cmds.add_parser("list", parents=[selector], help="one line per job",
                                   epilog="example: dynams job list --address head:50051")
