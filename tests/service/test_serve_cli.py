@@ -108,7 +108,7 @@ def test_sigkilled_serve_takes_embedded_ray_along_and_ray_is_contained(tmp_path)
         text = "".join(lines)
         assert "Ray dashboard: http://127.0.0.1:" in text, text  # loopback only
         # Ray's GCS listens on every interface (Ray 2.60), but refuses calls without
-        # the cluster's token: contained, see the README's threat model.
+        # the cluster's token: contained, see docs/service.md's threat model.
         helpers = _descendants(proc.pid)
         gcs = next(pid for pid in helpers if _cmdline(pid)[0].endswith("/gcs_server"))
         listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout

@@ -7,7 +7,7 @@ deserves, and that the selector's memory does not grow with the malformed reques
 
 ``make test`` runs it for about a minute (``test_soak``); ``pytest -m soak`` runs the
 long variant (``DYNAMS_SOAK_SECONDS``, default 600 s of traffic). Both print the figures
-quoted in the README.
+quoted in docs/service.md.
 """
 
 from __future__ import annotations
