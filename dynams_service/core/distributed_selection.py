@@ -411,6 +411,11 @@ def distributed_select(
     Returns:
         :class:`DistributedSelection`; ``passes <= max_passes(bins)``.
 
+    Raises:
+        ValueError: bad arguments, labels missing for ``per_class``, or a dataset index
+            held by two parts (found when it meets the threshold or the selection; a
+            full disjointness check would need the gather this function avoids).
+
     Example:
         >>> parts = [SelectionPart(np.array([0.3, 0.1, 0.3]), np.array([4, 0, 2]),
         ...                        np.array([0, 0, 1])),
@@ -469,13 +474,13 @@ def distributed_select(
     margins = np.concatenate([np.asarray(m) for _, m in taken])
     order = np.argsort(indices, kind="stable")
     indices, margins = indices[order], margins[order]
-    if indices.size != keep:
-        raise AssertionError(f"expected {keep} selected samples from the parts, got "
-                             f"{indices.size} (did a part change between passes?)")
     repeated = np.flatnonzero(indices[1:] == indices[:-1])
     if repeated.size:
         raise ValueError(f"dataset index {int(indices[repeated[0]])} is held by more than "
                          f"one part; parts must be disjoint")
+    if indices.size != keep:
+        raise AssertionError(f"expected {keep} selected samples from the parts, got "
+                             f"{indices.size} (did a part change between passes?)")
     return DistributedSelection(indices, margins, passes)
 
 
