@@ -64,3 +64,12 @@ __all__ += ["epoch_order", "rank_count", "rank_part", "uniform_subset"]
 from .job import JobSpec, ProxySpec, ScorerResources  # noqa: E402
 
 __all__ += ["JobSpec", "ProxySpec", "ScorerResources"]
+
+from .distributed_selection import (  # noqa: E402
+    DistributedSelection,
+    SelectionPart,
+    distributed_select,
+    max_passes,
+)
+
+__all__ += ["DistributedSelection", "SelectionPart", "distributed_select", "max_passes"]
