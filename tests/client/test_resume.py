@@ -72,7 +72,7 @@ def test_state_dict_resumes_mid_epoch_in_process(server_factory, small_shards, t
     """The sampler alone: a second sampler loaded from the first one's state yields the
     rest of the epoch and then the same next epochs; wrong jobs and worlds are refused."""
     from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy
-    from dynams_service.client import DynaMSSampler, SelectorClient
+    from dynams_service.client import DynaMSSampler, SelectorClient, SelectorJob
 
     uri, manifest = small_shards
     spec = JobSpec(job_id="resume-unit", dataset_uri=uri, fingerprint=manifest.fingerprint,
@@ -80,10 +80,10 @@ def test_state_dict_resumes_mid_epoch_in_process(server_factory, small_shards, t
                    policy=SelectionPolicy(ratio=0.3, warmup_epochs=1, seed=5,
                                           staleness="sync"), epochs=3,
                    resources=ScorerResources(num_scorers=1, num_cpus=1))
-    client = SelectorClient(server_factory().address)
+    job = SelectorJob.create(SelectorClient(server_factory().address), spec)
 
     def sampler() -> DynaMSSampler:  # rank 0: the rank that pushes
-        return DynaMSSampler(4000, client, spec, rank=0, world_size=2)
+        return DynaMSSampler(4000, job, rank=0, world_size=2)
 
     first, fresh = sampler(), sampler()
     fresh.set_epoch(0)
@@ -116,7 +116,7 @@ def test_state_dict_resumes_mid_epoch_in_process(server_factory, small_shards, t
     assert third.push_due(1.0) and third.next_select_epoch() == 2
 
     with pytest.raises(ValueError, match="world_size 2"):
-        DynaMSSampler(4000, client, spec, rank=0, world_size=1, deadline=5).load_state_dict(
+        DynaMSSampler(4000, job, rank=0, world_size=1, deadline=5).load_state_dict(
             state)
     with pytest.raises(ValueError, match="job 'other'"):
         second.load_state_dict({**state, "job_id": "other"})
