@@ -76,7 +76,7 @@ def run_training(work: Path, name: str, shards: str, args: list[str]) -> dict:
     out = json.loads(summary.read_text())
     out["process_wall_seconds"] = time.perf_counter() - started
     print(f"  {name}: accuracy {out['test_accuracy']:.4f}, train {out['train_seconds']:.1f}s, "
-          f"wait {out['wait_seconds']:.2f}s, process {out['process_wall_seconds']:.1f}s",
+          f"blocked {out['blocked_seconds']:.2f}s, process {out['process_wall_seconds']:.1f}s",
           flush=True)
     return out
 
@@ -98,7 +98,7 @@ def end_to_end(work: Path, shards: str, epochs: int, max_samples: int | None,
         selector.stop()
 
     def loop(r: dict) -> float:
-        return r["train_seconds"] + r["wait_seconds"]
+        return r["train_seconds"] + r["blocked_seconds"]
 
     return {
         "runs": runs,
@@ -106,9 +106,9 @@ def end_to_end(work: Path, shards: str, epochs: int, max_samples: int | None,
         "wall_ratio_sync": loop(runs["sync"]) / loop(runs["full"]),
         "process_wall_ratio_pipelined": (runs["pipelined"]["process_wall_seconds"]
                                          / runs["full"]["process_wall_seconds"]),
-        "wait_share_pipelined": runs["pipelined"]["wait_seconds"]
+        "wait_share_pipelined": runs["pipelined"]["blocked_seconds"]
         / runs["pipelined"]["train_seconds"],
-        "wait_share_sync": runs["sync"]["wait_seconds"] / runs["sync"]["train_seconds"],
+        "wait_share_sync": runs["sync"]["blocked_seconds"] / runs["sync"]["train_seconds"],
     }
 
 
@@ -241,8 +241,8 @@ def write_results(result: dict, out: Path) -> None:
     lines += ["", "Runs:", ""]
     for name, r in e2e["runs"].items():
         lines.append(f"- {name}: accuracy {r['test_accuracy']:.4f}, fraction "
-                     f"{r['fraction_trained']:.3f}, train {r['train_seconds']:.1f} s, wait "
-                     f"{r['wait_seconds']:.2f} s, process {r['process_wall_seconds']:.1f} s")
+                     f"{r['fraction_trained']:.3f}, train {r['train_seconds']:.1f} s, blocked "
+                     f"{r['blocked_seconds']:.2f} s, process {r['process_wall_seconds']:.1f} s")
     lines += ["", "Scaling model, ImageNet-1k (1.28 M samples), 8 GPU scorers, 64 ranks:",
               f"scoring {m['scoring_s']:.1f} s + push {m['push_s']:.2f} s + merge/select "
               f"{m['merge_select_s']:.2f} s + serving indices {m['serve_indices_s']:.2f} s = "

@@ -26,6 +26,9 @@ __all__ = [
     "INDEX_CHUNK",
     "MAX_WORLD_SIZE",
     "MAX_PUSH_TENSORS",
+    "REASON_KEY",
+    "WEIGHTS_NOT_PUSHED",
+    "ROUND_FAILED",
     "spec_to_proto",
     "spec_from_proto",
     "records_to_chunks",
@@ -46,6 +49,8 @@ MAX_PUSH_TENSORS = 100_000             # distinct tensors in one push
 # trailing metadata key (like google.rpc.ErrorInfo.reason), never only in the message.
 REASON_KEY = "dynams-reason"
 WEIGHTS_NOT_PUSHED = "WEIGHTS_NOT_PUSHED"  # FAILED_PRECONDITION: push the round's weights
+ROUND_FAILED = "ROUND_FAILED"  # INTERNAL: the round failed on the server (scorer error,
+# corrupt sample, bad config), as opposed to a selector that cannot be reached
 
 _MARGIN = {"distance": pb.MARGIN_MODE_DISTANCE, "signed": pb.MARGIN_MODE_SIGNED}
 _BALANCE = {"per_class": pb.CLASS_BALANCE_PER_CLASS, "global": pb.CLASS_BALANCE_GLOBAL}

@@ -1,8 +1,10 @@
-"""The trainer side: SelectorClient, DynaMSSampler and the joint PSP training helpers."""
+"""The trainer side: SelectorClient, SelectorJob, DynaMSSampler and the joint PSP loss."""
 
 from .client import SelectorClient, SelectorRpcError
+from .job import SelectorJob
 from .psp import JointPSP, psp_loss
-from .sampler import DynaMSSampler, EpochSource
+from .push import PushScheduler
+from .sampler import DynaMSSampler, EpochSource, RoundFailedError
 
-__all__ = ["SelectorClient", "SelectorRpcError", "DynaMSSampler", "EpochSource", "JointPSP",
-           "psp_loss"]
+__all__ = ["SelectorClient", "SelectorRpcError", "SelectorJob", "DynaMSSampler", "EpochSource",
+           "RoundFailedError", "PushScheduler", "JointPSP", "psp_loss"]

@@ -3,7 +3,9 @@
 Each rank asks the selector for its part of the epoch's canonical list (NOTE [ canonical
 list ] in ``core/partition.py``). If the selector is unreachable or late past the
 deadline, the rank trains on a seeded uniform subset of the planned size instead, warns
-once and counts it: the job never hangs and every epoch has the planned length.
+once and counts it: the job never hangs and every epoch has the planned length. A round
+that failed on the selector is a configuration error and raises ``RoundFailedError``,
+unless the sampler was built with ``fallback_on_failed_round=True``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -24,28 +26,41 @@ from ..core.job import JobSpec
 from ..core.models import SlimmableModel
 from ..core.partition import epoch_order, rank_count, rank_part, uniform_subset
 from ..core.policy import EpochKind, Plan
-from ..core.psp import export_psp
-from ..protocol import WEIGHTS_NOT_PUSHED, pb, spec_from_proto
+from ..protocol import ROUND_FAILED, WEIGHTS_NOT_PUSHED, pb
 from .client import SelectorClient, SelectorRpcError
+from .job import SelectorJob
+from .push import PushScheduler
 
-__all__ = ["DynaMSSampler", "EpochSource"]
+__all__ = ["DynaMSSampler", "EpochSource", "RoundFailedError"]
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
 class EpochSource:
-    """Where an epoch's indices came from (for logs and summaries)."""
+    """Where an epoch's indices came from (for logs and summaries).
 
-    def __init__(self, kind: str, round_: int = -1, weights_version: int = -1,
-                 wait_seconds: float = 0.0) -> None:
-        self.kind = kind  # "full" | "subset" | "fallback"
-        self.round = round_
-        self.weights_version = weights_version
-        self.wait_seconds = wait_seconds
+    ``fetch_seconds`` is the time from asking the selector (at ``set_epoch`` or at the
+    push, whichever came first) to having the answer, scoring included; it is not the
+    time training waited, which the sampler's ``blocked_seconds`` holds.
+    """
 
-    def __repr__(self) -> str:
-        return (f"EpochSource({self.kind}, round={self.round}, "
-                f"version={self.weights_version}, wait={self.wait_seconds:.3f}s)")
+    kind: str  # "full" | "subset" | "fallback"
+    round: int = -1
+    weights_version: int = -1
+    fetch_seconds: float = 0.0
+
+
+class RoundFailedError(RuntimeError):
+    """The selection round for ``epoch`` failed on the selector (a scorer error, a corrupt
+    sample, a bad configuration); ``details`` is the selector's message."""
+
+    def __init__(self, epoch: int, details: str) -> None:
+        super().__init__(f"epoch {epoch}: the selection round failed on the selector: "
+                         f"{details} (fix it, or build the sampler with "
+                         "fallback_on_failed_round=True to train on uniform subsets instead)")
+        self.epoch = epoch
+        self.details = details
 
 
 class DynaMSSampler(Sampler[int]):
@@ -53,31 +68,35 @@ class DynaMSSampler(Sampler[int]):
 
     Args:
         dataset_or_len: the training Dataset (its ``len``) or the number of samples.
-        client: a ``SelectorClient`` (or an address string).
-        job: a ``JobSpec`` (created on the selector if needed; idempotent) or a job id.
+        job: the ``SelectorJob`` (``SelectorJob.create(client, spec)``).
         rank, world_size: default to ``torch.distributed``'s, or 0 and 1 without it.
         seed: seed of the fallback subsets (defaults to the policy's seed).
         drop_last: DistributedSampler's semantics: drop the tail instead of padding.
         deadline: seconds an epoch may wait for the selector before falling back.
         pipeline_fraction: with ``staleness="pipelined"``, push this fraction of an epoch
-            before its end so scoring overlaps training; ``None`` (default) adapts it:
-            1.5× the last round's latency over the last epoch's duration, in [0.05, 0.9],
-            starting at 0.25.
+            before its end so scoring overlaps training; ``None`` (default) adapts it
+            (see ``PushScheduler``).
+        fallback_on_failed_round: a round that failed on the selector raises
+            ``RoundFailedError`` by default (it is a configuration error: every round
+            would fail alike); True trains on the seeded uniform fallback instead, warned
+            and counted like an unreachable selector.
 
     Example:
-        >>> sampler = DynaMSSampler(train_set, SelectorClient("127.0.0.1:50051"), spec)
-        >>> loader = DataLoader(train_set, batch_size=128, sampler=sampler)
-        >>> for epoch in range(spec.epochs):
-        ...     sampler.set_epoch(epoch)
-        ...     for i, (x, y) in enumerate(loader):
-        ...         ...  # train
-        ...         sampler.maybe_push(model, progress=(i + 1) / len(loader))
+        >>> job = SelectorJob.create(SelectorClient("127.0.0.1:50051"), spec)
+        >>> with DynaMSSampler(train_set, job) as sampler:
+        ...     loader = DataLoader(train_set, batch_size=128, sampler=sampler)
+        ...     for epoch in range(spec.epochs):
+        ...         sampler.set_epoch(epoch)
+        ...         for i, (x, y) in enumerate(loader):
+        ...             ...  # train
+        ...             sampler.maybe_push(model, progress=(i + 1) / len(loader))
     """
 
-    def __init__(self, dataset_or_len: Sized | int, client: SelectorClient | str,
-                 job: JobSpec | str, *, rank: int | None = None, world_size: int | None = None,
+    def __init__(self, dataset_or_len: Sized | int, job: SelectorJob, *,
+                 rank: int | None = None, world_size: int | None = None,
                  seed: int | None = None, drop_last: bool = False, deadline: float = 60.0,
-                 pipeline_fraction: float | None = None) -> None:
+                 pipeline_fraction: float | None = None,
+                 fallback_on_failed_round: bool = False) -> None:
         self.num_samples = (dataset_or_len if isinstance(dataset_or_len, int)
                             else len(dataset_or_len))
         distributed = dist.is_available() and dist.is_initialized()
@@ -89,49 +108,41 @@ class DynaMSSampler(Sampler[int]):
             raise ValueError(f"rank {rank} must be in [0, {world_size - 1}]")
         if deadline <= 0:
             raise ValueError(f"deadline must be > 0 seconds, got {deadline}")
-        if pipeline_fraction is not None and not 0 <= pipeline_fraction < 1:
-            raise ValueError(f"pipeline_fraction must be in [0, 1), got {pipeline_fraction}")
-        self.client = SelectorClient(client) if isinstance(client, str) else client
+        if job.spec.fingerprint.num_samples != self.num_samples:
+            raise ValueError(f"the dataset has {self.num_samples} samples, the job's "
+                             f"fingerprint {job.spec.fingerprint.num_samples}")
+        self.job = job
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.deadline = deadline
-        self.pipeline_fraction = pipeline_fraction
-        self._warned = False
-        self._epoch_started: dict[int, float] = {}
-        self.spec = self._resolve_job(job)
-        if self.spec.fingerprint.num_samples != self.num_samples:
-            raise ValueError(f"the dataset has {self.num_samples} samples, the job's "
-                             f"fingerprint {self.spec.fingerprint.num_samples}")
-        self.seed = self.spec.policy.seed if seed is None else seed
-        self._plan = self.spec.plan()
+        self.fallback_on_failed_round = fallback_on_failed_round
+        self.seed = job.spec.policy.seed if seed is None else seed
+        self.pusher = PushScheduler(job, sender=rank == 0, send_timeout=max(deadline, 120.0),
+                                    lead=pipeline_fraction)
+        self._plan = job.spec.plan()
         self.epoch = 0
         self.fallback_epochs: list[int] = []
         self.sources: dict[int, EpochSource] = {}
-        self.wait_seconds: dict[int, float] = {}  # epoch → time __iter__ blocked on it
-        self.pushed: dict[int, int] = {}  # select epoch → weights version pushed
-        self._can_create = isinstance(job, JobSpec)
+        self.blocked_seconds: dict[int, float] = {}  # epoch → time __iter__ waited for it
+        self._warned = False
+        self._closed = False
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dynams-fetch")
         self._futures: dict[int, Future] = {}
-        self._pushes: dict[int, Future] = {}  # epoch → the background push (rank 0)
-        self._push_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynams-push")
-        self._closing = threading.Event()  # set by close(): ends a push still on the wire
         self._lock = threading.Lock()
         self._yielded = 0  # indices of the current epoch handed out so far
         self._resume_at: tuple[int, int] | None = None  # (epoch, samples already trained)
 
-    def _resolve_job(self, job: JobSpec | str) -> JobSpec:
-        try:
-            if isinstance(job, JobSpec):
-                self.client.create_job(job)
-                return job
-            return spec_from_proto(self.client.get_job(job).spec)
-        except SelectorRpcError as exc:
-            if isinstance(job, JobSpec) and exc.code in (grpc.StatusCode.UNAVAILABLE,
-                                                         grpc.StatusCode.DEADLINE_EXCEEDED):
-                self._warn(f"selector at {self.client.address} unreachable at start "
-                           f"({exc.code.name}); training on uniform fallback subsets until "
-                           "it answers")
-                return job
-            raise
+    @property
+    def spec(self) -> JobSpec:
+        return self.job.spec
+
+    @property
+    def client(self) -> SelectorClient:
+        return self.job.client
+
+    @property
+    def pushed(self) -> dict[int, int]:
+        """Select epoch → weights version pushed for its round."""
+        return self.pusher.pushed
 
     # --- DistributedSampler's surface ---------------------------------------------------
 
@@ -148,7 +159,7 @@ class DynaMSSampler(Sampler[int]):
         if not 0 <= epoch < len(self._plan.epochs):
             raise ValueError(f"epoch {epoch} must be in [0, {len(self._plan.epochs) - 1}]")
         self.epoch = epoch
-        self._epoch_started[epoch] = time.monotonic()
+        self.pusher.epoch_started(epoch)
         self._fetch(epoch)
 
     def __len__(self) -> int:
@@ -159,8 +170,15 @@ class DynaMSSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         started = time.perf_counter()
-        indices = self._fetch(self.epoch).result()
-        self.wait_seconds[self.epoch] = time.perf_counter() - started
+        future = self._fetch(self.epoch)
+        try:
+            indices = future.result()
+        except RoundFailedError:
+            with self._lock:  # a later push may retry the round: ask again then
+                if self._futures.get(self.epoch) is future:
+                    del self._futures[self.epoch]
+            raise
+        self.blocked_seconds[self.epoch] = time.perf_counter() - started
         nxt = self.epoch + 1
         if nxt < len(self._plan.epochs) and (self._plan[nxt].kind is not EpochKind.SELECT
                                              or nxt in self.pushed):
@@ -214,11 +232,11 @@ class DynaMSSampler(Sampler[int]):
         epoch, consumed = int(state["epoch"]), int(state["consumed"])
         if not 0 <= epoch < len(self._plan.epochs):
             raise ValueError(f"epoch {epoch} must be in [0, {len(self._plan.epochs) - 1}]")
-        self.pushed = {int(e): int(v) for e, v in state["pushed"].items()}
+        self.pusher.pushed = {int(e): int(v) for e, v in state["pushed"].items()}
         self.epoch = epoch
         self._resume_at = (epoch, consumed)
 
-    # --- weights ------------------------------------------------------------------------
+    # --- weights (scheduled and sent by ``self.pusher``) ----------------------------------
 
     def next_select_epoch(self) -> int | None:
         """The next epoch after the current one that starts a round, if any."""
@@ -231,63 +249,19 @@ class DynaMSSampler(Sampler[int]):
         """Whether the PSP weights for the next round should be pushed at this point.
 
         ``progress`` is the fraction of the current epoch done; ``sync`` pushes at 1.0,
-        ``pipelined`` at ``1 - lead_fraction()``.
+        ``pipelined`` at ``1 - pusher.lead_fraction()``.
         """
-        target = self.next_select_epoch()
-        if target is None or target in self.pushed:
-            return False
-        threshold = 1.0 if self.spec.policy.staleness == "sync" else 1 - self.lead_fraction()
-        return progress >= threshold - 1e-9
-
-    def lead_fraction(self) -> float:
-        """How early (fraction of an epoch) a pipelined push goes out."""
-        if self.pipeline_fraction is not None:
-            return self.pipeline_fraction
-        rounds = [e for e in sorted(self.sources) if self.sources[e].kind == "subset"
-                  and self._plan[e].kind is EpochKind.SELECT and e in self.pushed]
-        epochs = sorted(self._epoch_started)
-        if not rounds or len(epochs) < 2:
-            return 0.25
-        latency = self.sources[rounds[-1]].wait_seconds  # push → answer ready
-        last = epochs[-1]
-        duration = self._epoch_started[last] - self._epoch_started[epochs[-2]]
-        return min(0.9, max(0.05, 1.5 * latency / max(duration, 1e-6)))
+        return self.pusher.due(self.next_select_epoch(), progress)
 
     def push(self, model: SlimmableModel, version: int | None = None) -> int | None:
-        """Push the PSP slice for the next round from rank 0; other ranks only take note.
-
-        The slice is copied now and sent in the background, so training does not wait for
-        the network. Returns the version (None when nothing is due).
-        """
+        """Push the PSP slice for the next round from rank 0 (in the background); other
+        ranks only take note. Returns the version (None when nothing is due)."""
         target = self.next_select_epoch()
         if target is None or target in self.pushed:
             return None
-        version = int(time.time() * 1000) if version is None else version
-        self.pushed[target] = version
-        if self.rank == 0:
-            records = export_psp(model, self.spec.proxy.width)
-            self._pushes[target] = self._push_pool.submit(self._send, target, version, records)
+        version = self.pusher.push(target, model, version)
         self._fetch(target)
         return version
-
-    def _send(self, epoch: int, version: int, records: list) -> bool:
-        """Send one push; on a selector that lost the job, create it and push again."""
-        timeout = max(self.deadline, 120.0)
-        try:
-            try:
-                self.client.push_weights(self.spec.job_id, epoch, version, records,
-                                         timeout=timeout, cancel=self._closing)
-            except SelectorRpcError as exc:
-                if not (exc.code == grpc.StatusCode.NOT_FOUND and not self._closing.is_set()
-                        and self._recreate(timeout)):
-                    raise
-                self.client.push_weights(self.spec.job_id, epoch, version, records,
-                                         timeout=timeout, cancel=self._closing)
-            return True
-        except SelectorRpcError as exc:
-            self._warn(f"weights push for epoch {epoch} failed ({exc.code.name}: "
-                       f"{exc.details}); that epoch will fall back")
-            return False
 
     def maybe_push(self, model: SlimmableModel, progress: float,
                    version: int | None = None) -> int | None:
@@ -322,14 +296,15 @@ class DynaMSSampler(Sampler[int]):
                     drop_last=self.drop_last, timeout=remaining)
             except SelectorRpcError as exc:
                 if exc.reason == WEIGHTS_NOT_PUSHED:
-                    push = self._pushes.get(epoch)
-                    if push is not None and push.done() and not push.result():
+                    if self.pusher.failed(epoch):
                         reason = "the weights push failed"
                         break
                     time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
                     continue  # rank 0's push is on its way
+                if exc.reason == ROUND_FAILED and not self.fallback_on_failed_round:
+                    raise RoundFailedError(epoch, exc.details) from exc
                 if (exc.code == grpc.StatusCode.NOT_FOUND and not recreated
-                        and self._recreate(deadline - time.monotonic())):
+                        and self.job.recreate(deadline - time.monotonic())):
                     recreated = True
                     continue
                 reason = f"{exc.code.name}: {exc.details}"
@@ -337,22 +312,14 @@ class DynaMSSampler(Sampler[int]):
             if len(indices) != expected:
                 reason = f"selector sent {len(indices)} indices, the plan says {expected}"
                 break
-            kind = "full" if header.kind == pb.SELECTION_KIND_FULL else "subset"
-            self.sources[epoch] = EpochSource(kind, header.round, header.weights_version,
-                                              time.monotonic() - started)
+            source = EpochSource("full" if header.kind == pb.SELECTION_KIND_FULL else "subset",
+                                 header.round, header.weights_version,
+                                 time.monotonic() - started)
+            if source.kind == "subset" and epoch in self.pushed:
+                self.pusher.round_answered(source.fetch_seconds)
+            self.sources[epoch] = source
             return indices
         return self._fallback(epoch, reason, time.monotonic() - started)
-
-    def _recreate(self, timeout: float) -> bool:
-        """Create the job on a selector that did not know it (unreachable at start, or
-        restarted without its state); idempotent, so every rank may try."""
-        if not self._can_create:
-            return False
-        try:
-            self.client.create_job(self.spec, timeout=max(0.001, timeout))
-            return True
-        except SelectorRpcError:
-            return False
 
     def _fallback(self, epoch: int, reason: str, waited: float) -> np.ndarray:
         size = self._plan[epoch].size
@@ -361,7 +328,7 @@ class DynaMSSampler(Sampler[int]):
         order = epoch_order(subset, self.seed, epoch)
         with self._lock:
             self.fallback_epochs.append(epoch)
-        self.sources[epoch] = EpochSource("fallback", wait_seconds=waited)
+        self.sources[epoch] = EpochSource("fallback", fetch_seconds=waited)
         self._warn(f"epoch {epoch}: no selection from {self.client.address} ({reason}); "
                    f"training on a seeded uniform subset of {size}")
         return rank_part(order, self.rank, self.world_size, self.drop_last)
@@ -373,15 +340,23 @@ class DynaMSSampler(Sampler[int]):
         else:
             log.info(message)
 
+    # --- lifetime -----------------------------------------------------------------------
+
     def close(self) -> None:
-        """Stop background work, returning within ``deadline`` seconds.
+        """Stop background work, returning within ``deadline`` seconds; idempotent.
 
         Queued pushes are dropped; the push on the wire gets until the deadline to finish
-        and is then cancelled, so a frozen selector cannot hold the trainer's exit.
+        and is then cancelled, so a frozen selector cannot hold the trainer's exit. The
+        job's client stays open (it is the caller's).
         """
-        self._push_pool.shutdown(wait=False, cancel_futures=True)
-        running = [f for f in self._pushes.values() if not f.done()]
-        if running:
-            wait_futures(running, timeout=self.deadline)
-        self._closing.set()
+        if self._closed:
+            return
+        self._closed = True
+        self.pusher.close(timeout=self.deadline)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> DynaMSSampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -41,6 +41,7 @@ from .errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    RoundFailed,
     WeightsNotPushed,
 )
 from .limits import Limits
@@ -546,7 +547,7 @@ class JobCoordinator:
                     if job.deleted:
                         raise NotFound(f"job {job_id!r} was deleted")
                     if round_ in job.failed:
-                        raise Internal(f"round {round_} failed: {job.failed[round_]}; push the "
+                        raise RoundFailed(f"round {round_} failed: {job.failed[round_]}; push the "
                                        "weights again to retry")
                     if round_ not in job.scoring:
                         select_epoch = job.plan.select_epochs[round_]

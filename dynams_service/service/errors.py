@@ -13,6 +13,7 @@ __all__ = [
     "PermissionDenied",
     "ResourceExhausted",
     "Internal",
+    "RoundFailed",
 ]
 
 
@@ -62,3 +63,10 @@ class Internal(SelectorError):
 
 class PermissionDenied(SelectorError):
     code = "PERMISSION_DENIED"
+
+
+class RoundFailed(Internal):
+    """A round failed on the server (scorer error, corrupt sample): a configuration error
+    the trainer should see, unlike an unreachable selector."""
+
+    reason = "ROUND_FAILED"  # protocol.ROUND_FAILED

@@ -20,12 +20,18 @@ ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 4
 
 
-def torchrun(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(ROOT / "examples" / "train_ddp.py"), *args],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def torchrun_command(args: list[str], record_dir: Path | None = None) -> list[str]:
+    """Two ranks of examples/train_ddp.py; with ``record_dir`` through the recording runner."""
+    script = ([str(Path(__file__).with_name("recorded_train.py")), "--record-dir",
+               str(record_dir)] if record_dir else [str(ROOT / "examples" / "train_ddp.py")])
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node=2", *script, *args]
+
+
+def torchrun(args: list[str], cwd: Path, record_dir: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen(torchrun_command(args, record_dir), cwd=cwd,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
@@ -36,8 +42,7 @@ def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
 
 def common_args(shard_root: Path, tmp_path: Path, job_id: str, **extra: str) -> list[str]:
     args = ["--shards", str(shard_root), "--epochs", str(EPOCHS), "--ratio", "0.3",
-            "--job-id", job_id, "--scorers", "2", "--summary", str(tmp_path / "summary.json"),
-            "--record-dir", str(tmp_path / "records")]
+            "--job-id", job_id, "--scorers", "2", "--summary", str(tmp_path / "summary.json")]
     for key, value in extra.items():
         args += [f"--{key.replace('_', '-')}", value]
     return args
@@ -47,7 +52,7 @@ def test_two_ranks_train_on_the_selectors_canonical_list(server_factory, shard_r
                                                          tmp_path):
     server = server_factory()
     proc = torchrun(common_args(shard_root, tmp_path, "ddp-job", selector=server.address,
-                                staleness="sync"), tmp_path)
+                                staleness="sync"), tmp_path, tmp_path / "records")
     out = finish(proc)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["fallback_epochs"] == [] and "fallback" not in out.lower()
@@ -80,7 +85,7 @@ def test_two_ranks_train_on_the_selectors_canonical_list(server_factory, shard_r
 def test_selector_killed_mid_run_falls_back_and_finishes(server_factory, shard_root, tmp_path):
     server = server_factory()
     proc = torchrun(common_args(shard_root, tmp_path, "doomed", selector=server.address,
-                                staleness="sync", deadline="5"), tmp_path)
+                                staleness="sync", deadline="5"), tmp_path, tmp_path / "records")
     client = SelectorClient(server.address, retries=0)
 
     def stop_after_first_round() -> None:

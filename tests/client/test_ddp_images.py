@@ -12,7 +12,8 @@ from dynams_service import read_manifest
 from .test_ddp import finish, torchrun
 
 
-def test_resnet18_on_jpeg_shards_two_ranks(tmp_path, jpeg_shards, fashion_mnist_dir):
+def test_resnet18_on_jpeg_shards_two_ranks(server_factory, tmp_path, jpeg_shards,
+                                           fashion_mnist_dir):
     from benchmarks.jpeg_data import jpeg_items
     from dynams_service.core.shards import write_encoded_shards
 
@@ -21,10 +22,12 @@ def test_resnet18_on_jpeg_shards_two_ranks(tmp_path, jpeg_shards, fashion_mnist_
     write_encoded_shards(str(root / "test"), jpeg_items(200, size=32, channels=3, split="test"),
                          size=(3, 32, 32), num_classes=10, stats_from=jpeg_shards[1])
     summary = tmp_path / "summary.json"
-    out = finish(torchrun(["--embedded", "--arch", "cifar-resnet18", "--shards", str(root),
+    server = server_factory(state_dir=tmp_path / "state")
+    out = finish(torchrun(["--selector", server.address, "--arch", "cifar-resnet18",
+                           "--shards", str(root),
                            "--epochs", "3", "--ratio", "0.3", "--scorers", "2",
                            "--batch-size", "50", "--job-id", "resnet-jpeg",
-                           "--state-dir", str(tmp_path / "state"), "--summary", str(summary)],
+                           "--summary", str(summary)],
                           cwd=tmp_path), timeout=600)
     result = json.loads(summary.read_text())
     kinds = [e["kind"] for e in result["epochs"]]

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,17 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from .test_ddp import EPOCHS, ROOT, finish, torchrun
+from .test_ddp import EPOCHS, finish, torchrun, torchrun_command
 
 BATCH = 128
 EVERY = 18  # epoch 0 (all 4000 samples) is 16 steps per rank: the first save is mid-epoch 1
 
 
-def run_args(shard_root: Path, tmp: Path, job_id: str) -> list[str]:
-    return ["--embedded", "--shards", str(shard_root), "--epochs", str(EPOCHS), "--ratio",
-            "0.3", "--staleness", "sync", "--job-id", job_id, "--scorers", "2",
-            "--batch-size", str(BATCH), "--state-dir", str(tmp / "state"),
-            "--record-dir", str(tmp / "records"), "--checkpoint", str(tmp / "ckpt.pt"),
+def run_args(shard_root: Path, tmp: Path, job_id: str, selector: str) -> list[str]:
+    return ["--selector", selector, "--shards", str(shard_root), "--epochs", str(EPOCHS),
+            "--ratio", "0.3", "--staleness", "sync", "--job-id", job_id, "--scorers", "2",
+            "--batch-size", str(BATCH), "--checkpoint", str(tmp / "ckpt.pt"),
             "--checkpoint-every", str(EVERY)]
 
 
@@ -33,14 +31,18 @@ def records(path: Path, rank: int, epoch: int) -> np.ndarray:
     return np.load(path / "records" / f"rank{rank}-epoch{epoch}.npy")
 
 
-def test_killed_mid_epoch_resumes_the_exact_sequence(shard_root, tmp_path):
+def test_killed_mid_epoch_resumes_the_exact_sequence(server_factory, shard_root, tmp_path):
+    selector = server_factory().address
     reference = tmp_path / "reference"
-    finish(torchrun(run_args(shard_root, reference, "resume-ref"), cwd=tmp_path))
+    reference.mkdir()
+    finish(torchrun(run_args(shard_root, reference, "resume-ref", selector), cwd=tmp_path,
+                    record_dir=reference / "records"))
 
     resumed = tmp_path / "resumed"
+    resumed.mkdir()
     proc = subprocess.Popen(  # its own session: the kill takes every rank along
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(ROOT / "examples" / "train_ddp.py"), *run_args(shard_root, resumed, "resume-run")],
+        torchrun_command(run_args(shard_root, resumed, "resume-run", selector),
+                         resumed / "records"),
         cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -54,8 +56,8 @@ def test_killed_mid_epoch_resumes_the_exact_sequence(shard_root, tmp_path):
     epoch, consumed = checkpoint["sampler"]["epoch"], checkpoint["sampler"]["consumed"]
     assert 0 < consumed < len(records(reference, 0, epoch)), (epoch, consumed)  # mid-epoch
 
-    out = finish(torchrun([*run_args(shard_root, resumed, "resume-run"), "--resume"],
-                          cwd=tmp_path))
+    out = finish(torchrun([*run_args(shard_root, resumed, "resume-run", selector), "--resume"],
+                          cwd=tmp_path, record_dir=resumed / "records"))
     assert f"resumed at epoch {epoch}, {consumed} samples in" in out
     for rank in (0, 1):
         assert np.array_equal(records(resumed, rank, epoch),
@@ -72,7 +74,7 @@ def test_state_dict_resumes_mid_epoch_in_process(server_factory, small_shards, t
     """The sampler alone: a second sampler loaded from the first one's state yields the
     rest of the epoch and then the same next epochs; wrong jobs and worlds are refused."""
     from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy
-    from dynams_service.client import DynaMSSampler, SelectorClient
+    from dynams_service.client import DynaMSSampler, SelectorClient, SelectorJob
 
     uri, manifest = small_shards
     spec = JobSpec(job_id="resume-unit", dataset_uri=uri, fingerprint=manifest.fingerprint,
@@ -80,10 +82,10 @@ def test_state_dict_resumes_mid_epoch_in_process(server_factory, small_shards, t
                    policy=SelectionPolicy(ratio=0.3, warmup_epochs=1, seed=5,
                                           staleness="sync"), epochs=3,
                    resources=ScorerResources(num_scorers=1, num_cpus=1))
-    client = SelectorClient(server_factory().address)
+    job = SelectorJob.create(SelectorClient(server_factory().address), spec)
 
     def sampler() -> DynaMSSampler:  # rank 0: the rank that pushes
-        return DynaMSSampler(4000, client, spec, rank=0, world_size=2)
+        return DynaMSSampler(4000, job, rank=0, world_size=2)
 
     first, fresh = sampler(), sampler()
     fresh.set_epoch(0)
@@ -116,7 +118,7 @@ def test_state_dict_resumes_mid_epoch_in_process(server_factory, small_shards, t
     assert third.push_due(1.0) and third.next_select_epoch() == 2
 
     with pytest.raises(ValueError, match="world_size 2"):
-        DynaMSSampler(4000, client, spec, rank=0, world_size=1, deadline=5).load_state_dict(
+        DynaMSSampler(4000, job, rank=0, world_size=1, deadline=5).load_state_dict(
             state)
     with pytest.raises(ValueError, match="job 'other'"):
         second.load_state_dict({**state, "job_id": "other"})

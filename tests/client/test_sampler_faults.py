@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy, export_psp
-from dynams_service.client import DynaMSSampler, SelectorClient
+from dynams_service.client import DynaMSSampler, SelectorClient, SelectorJob
 
 
 def free_port() -> int:
@@ -30,7 +30,8 @@ def test_fallbacks_keep_the_plan_and_recover(server_factory, small_shards, train
     port = free_port()
     address = f"127.0.0.1:{port}"
     client = SelectorClient(address, timeout=10, retries=4)
-    sampler = DynaMSSampler(4000, client, spec, rank=0, world_size=1, deadline=120)
+    sampler = DynaMSSampler(4000, SelectorJob.create(client, spec), rank=0, world_size=1,
+                            deadline=120)
     lengths = sampler.epoch_lengths()
     assert lengths == [4000, 1200, 1200, 1200, 1200, 1200]
 
@@ -75,6 +76,7 @@ def test_fallbacks_keep_the_plan_and_recover(server_factory, small_shards, train
     assert sampler.sources[5].kind == "subset"
     assert sampler.fallback_epochs == [0, 2, 4]
     sampler.close()
+    sampler.close()  # idempotent
 
 
 def test_bad_arguments_are_named(small_shards):
@@ -82,12 +84,15 @@ def test_bad_arguments_are_named(small_shards):
     spec = JobSpec(job_id="args", dataset_uri=uri, fingerprint=manifest.fingerprint,
                    proxy=ProxySpec(architecture="fmnist-cnn"), epochs=2)
     client = SelectorClient(f"127.0.0.1:{free_port()}", timeout=1, retries=0)
+    job = SelectorJob.create(client, spec)  # unreachable: not an error, falls back
     with pytest.raises(ValueError, match=r"rank 2 must be in \[0, 1\]"):
-        DynaMSSampler(4000, client, spec, rank=2, world_size=2)
+        DynaMSSampler(4000, job, rank=2, world_size=2)
     with pytest.raises(ValueError, match="3999 samples, the job's fingerprint 4000"):
-        DynaMSSampler(3999, client, spec)
+        DynaMSSampler(3999, job)
     with pytest.raises(ValueError, match="deadline must be > 0"):
-        DynaMSSampler(4000, client, spec, deadline=0)
+        DynaMSSampler(4000, job, deadline=0)
+    with pytest.raises(ValueError, match=r"pipeline_fraction must be in \[0, 1\)"):
+        DynaMSSampler(4000, job, pipeline_fraction=1.0)
 
 
 def test_close_returns_within_the_deadline_behind_a_frozen_selector(ray_cluster, small_shards,
@@ -107,7 +112,8 @@ def test_close_returns_within_the_deadline_behind_a_frozen_selector(ray_cluster,
     selector = Selector(tmp_path / "state")
     try:
         client = SelectorClient(selector.address, timeout=10, retries=0)
-        sampler = DynaMSSampler(4000, client, spec, rank=0, world_size=1, deadline=2.0)
+        sampler = DynaMSSampler(4000, SelectorJob.create(client, spec), rank=0,
+                                world_size=1, deadline=2.0)
         os.kill(selector.proc.pid, signal.SIGSTOP)
         for epoch in range(3):  # queue three pushes; the first one hangs on the wire
             sampler.epoch = epoch
@@ -116,7 +122,7 @@ def test_close_returns_within_the_deadline_behind_a_frozen_selector(ray_cluster,
         sampler.close()
         closed_in = time.monotonic() - started
         assert closed_in < 60, f"close() took {closed_in:.1f}s"  # was 330 s (3 x 120 s)
-        sent = [f for f in sampler._pushes.values() if not f.cancelled()]
+        sent = [f for f in sampler.pusher._sends.values() if not f.cancelled()]
         assert [f.result(timeout=30) for f in sent] == [False] * len(sent)  # cancelled
     finally:
         os.kill(selector.proc.pid, signal.SIGCONT)

@@ -35,7 +35,7 @@ from dynams_service import (
 )
 from dynams_service.client import SelectorClient, SelectorRpcError
 from dynams_service.core.decoders import ImageDecoder, Normalizer
-from dynams_service.protocol import pb
+from dynams_service.protocol import ROUND_FAILED, pb
 
 from ..core.test_stream import corrupt_row
 from .conftest import canonical_from_parts, gather
@@ -110,6 +110,7 @@ def test_corrupt_image_fails_the_round_naming_shard_and_row(server_factory, jpeg
     with pytest.raises(SelectorRpcError) as info:
         client.get_selection(spec.job_id, 1, 0, 1, timeout=10)
     assert info.value.code == grpc.StatusCode.INTERNAL
+    assert info.value.reason == ROUND_FAILED  # what the sampler switches on
     assert "shard-00002.parquet row 11" in info.value.details
 
 
