@@ -61,7 +61,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import dynams_service as dms  # noqa: E402
-from dynams_service.client.psp import JointPSP, psp_loss  # noqa: E402
+from dynams_service.client.joint_training import JointPSP, psp_loss  # noqa: E402
+from dynams_service.core.idx import load_idx_split  # noqa: E402
+from dynams_service.core.policy import EpochKind  # noqa: E402
+from dynams_service.core.proxy import build_proxy, export_psp  # noqa: E402
 
 ARCHITECTURE = "fmnist-cnn"
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
@@ -113,7 +116,7 @@ def load_data(data_dir: str, max_samples: int | None, max_test: int | None) -> D
     """Fashion-MNIST from IDX files, the first ``max_samples``/``max_test`` rows, normalised."""
 
     def prep(split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = dms.load_idx_split(data_dir, split)
+        images, labels = load_idx_split(data_dir, split)
         if limit is not None:
             images, labels = images[:limit], labels[:limit]
         x = torch.from_numpy(images.astype(np.float32)).unsqueeze(1).div_(255)
@@ -265,8 +268,8 @@ def _scorer(model: dms.SlimmableModel, spec: MethodSpec,
     tensors (as the selector would), else the full model (a frozen copy if ``snapshot``)."""
     if spec.kind == "dynams-psp":
         assert spec.psp_width is not None
-        return dms.build_proxy(ARCHITECTURE, spec.psp_width,
-                               dms.export_psp(model, spec.psp_width))
+        return build_proxy(ARCHITECTURE, spec.psp_width,
+                               export_psp(model, spec.psp_width))
     return copy.deepcopy(model) if snapshot else model
 
 
@@ -324,7 +327,7 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
         weights: torch.Tensor | None = None
         if spec.kind == "infobatch":
             keep, weights = _infobatch_subset(prev_loss, cfg, epoch, anneal_from)
-        elif ep.kind is dms.EpochKind.FULL:
+        elif ep.kind is EpochKind.FULL:
             keep = torch.arange(n)
         elif spec.kind in ("uniform", "uniform-psp", "uniform-compute-matched"):
             keep = torch.randperm(n, generator=_generator(cfg.seed, epoch, 1))[:ep.size]
@@ -336,7 +339,7 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
                 static_keep = dms.select(m, data.y_train, round_ratios[ep.round],
                                          per_class=spec.class_balance == "per_class")
             keep = static_keep
-        elif ep.kind is dms.EpochKind.SELECT:
+        elif ep.kind is EpochKind.SELECT:
             scorer = snapshot if snapshot is not None else _scorer(model, spec)
             snapshot = None
             m = _margin_scores(scorer, spec, data.x_train, data.y_train, cfg.score_batch_size)
@@ -346,9 +349,9 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
         assert keep is not None
         if spec.kind != "infobatch" and len(keep) != ep.size:
             raise RuntimeError(f"{spec.name} epoch {epoch}: {len(keep)} samples, plan {ep.size}")
-        if spec.kind != "infobatch" and ep.kind is not dms.EpochKind.FULL:
+        if spec.kind != "infobatch" and ep.kind is not EpochKind.FULL:
             select_times.append(time.perf_counter() - t0)
-        if ep.kind is dms.EpochKind.SELECT and spec.kind != "infobatch":
+        if ep.kind is EpochKind.SELECT and spec.kind != "infobatch":
             digests.append(hashlib.sha256(keep.numpy().astype("<i8").tobytes()).hexdigest()[:16])
         scoring_seconds += time.perf_counter() - t0
         scoring_cpu += time.process_time() - c0
@@ -362,7 +365,7 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
         # pipelined: snapshot the weights PIPE_LEAD of an epoch before a selection round
         snapshot_at = None
         if (spec.staleness == "pipelined" and epoch + 1 < len(plan.epochs)
-                and plan.epochs[epoch + 1].kind is dms.EpochKind.SELECT):
+                and plan.epochs[epoch + 1].kind is EpochKind.SELECT):
             snapshot_at = math.floor((1 - PIPE_LEAD) * epoch_steps)
         snapshot_seconds = snapshot_cpu = 0.0
         loss_sum = 0.0
@@ -901,7 +904,7 @@ def measure_psp_cost(data: Data, steps: int, batch_size: int, seed: int,
     score_times = []
     for _ in range(score_repeats):
         t0 = time.perf_counter()
-        proxy = dms.build_proxy(ARCHITECTURE, 0.25, dms.export_psp(model, 0.25))
+        proxy = build_proxy(ARCHITECTURE, 0.25, export_psp(model, 0.25))
         dms.score(proxy, data.x_train, data.y_train)
         score_times.append(time.perf_counter() - t0)
     t0 = time.perf_counter()

@@ -123,10 +123,10 @@ def scoring(work: Path, data_dir: str, samples: int, repeats: int) -> dict:
         ScorerResources,
         SelectionPolicy,
         build_architecture,
-        export_psp,
-        load_idx_split,
         write_shards,
     )
+    from dynams_service.core.idx import load_idx_split
+    from dynams_service.core.proxy import export_psp
     from dynams_service.service.scorer import ScorerPool
 
     env = _ray_env(work)

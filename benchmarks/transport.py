@@ -29,13 +29,12 @@ from dynams_service import (
     ScorerResources,
     SelectionPolicy,
     build_architecture,
-    decode_samples,
-    export_psp,
-    load_idx_split,
-    read_shards,
     score,
     write_shards,
 )
+from dynams_service.core.idx import load_idx_split
+from dynams_service.core.proxy import export_psp
+from dynams_service.core.shards import decode_samples, read_shards
 
 
 def _median_ms(fn, repeats: int) -> float:

@@ -34,12 +34,11 @@ from dynams_service import (
     SelectionPolicy,
     SlimmableModel,
     build_architecture,
-    decode_samples,
     read_manifest,
-    read_shards,
     write_shards,
 )
 from dynams_service.client import DynaMSSampler, JointPSP, SelectorClient, psp_loss
+from dynams_service.core.shards import decode_samples, read_shards
 
 
 def parse_args() -> argparse.Namespace:

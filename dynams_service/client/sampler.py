@@ -24,7 +24,7 @@ from ..core.job import JobSpec
 from ..core.models import SlimmableModel
 from ..core.partition import epoch_order, rank_count, rank_part, uniform_subset
 from ..core.policy import EpochKind, Plan
-from ..core.psp import export_psp
+from ..core.proxy import export_psp
 from ..protocol import WEIGHTS_NOT_PUSHED, pb, spec_from_proto
 from .client import SelectorClient, SelectorRpcError
 

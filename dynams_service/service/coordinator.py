@@ -21,7 +21,7 @@ from ..core.job import JobSpec
 from ..core.models import build_architecture
 from ..core.partition import epoch_order, rank_part
 from ..core.policy import EpochKind, Plan
-from ..core.psp import PSPError, TensorRecord, records_to_state, spec_of
+from ..core.proxy import PSPError, TensorRecord, records_to_state, spec_of
 from ..core.registry import UnknownName
 from ..core.selection import select
 from ..core.shards import (

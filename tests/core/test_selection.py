@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from dynams_service import budget, class_quotas, select
+from dynams_service import select
+from dynams_service.core.selection import budget, class_quotas
 
 
 def reference_select(scores, labels, ratio, per_class):

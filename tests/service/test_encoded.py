@@ -26,15 +26,13 @@ from dynams_service import (
     ScorerResources,
     SelectionPolicy,
     build_architecture,
-    build_proxy,
-    decode_samples,
-    export_psp,
-    read_shards,
     score,
     select,
 )
 from dynams_service.client import SelectorClient, SelectorRpcError
 from dynams_service.core.decoders import ImageDecoder, Normalizer
+from dynams_service.core.proxy import build_proxy, export_psp
+from dynams_service.core.shards import decode_samples, read_shards
 from dynams_service.protocol import pb
 
 from ..core.test_stream import corrupt_row
