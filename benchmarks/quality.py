@@ -336,14 +336,14 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
             if static_keep is None:
                 m = _margin_scores(_scorer(model, spec), spec, data.x_train, data.y_train,
                                    cfg.score_batch_size)
-                static_keep = dms.select(m, data.y_train, round_ratios[ep.round],
+                static_keep = dms.select(m, data.y_train, ratio=round_ratios[ep.round],
                                          per_class=spec.class_balance == "per_class")
             keep = static_keep
         elif ep.kind is EpochKind.SELECT:
             scorer = snapshot if snapshot is not None else _scorer(model, spec)
             snapshot = None
             m = _margin_scores(scorer, spec, data.x_train, data.y_train, cfg.score_batch_size)
-            keep = dms.select(m, data.y_train, round_ratios[ep.round],
+            keep = dms.select(m, data.y_train, ratio=round_ratios[ep.round],
                               per_class=spec.class_balance == "per_class")
         # REUSE: keep the previous round's selection
         assert keep is not None

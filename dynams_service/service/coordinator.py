@@ -485,7 +485,7 @@ class JobCoordinator:
             policy = job.spec.policy
             scored = job.pool.score(ref, policy.margin_mode)
             ratio = job.plan[epoch].size / job.plan.num_samples
-            chosen = select(scored.margins, job.labels, min(1.0, ratio),
+            chosen = select(scored.margins, job.labels, ratio=min(1.0, ratio),
                             per_class=policy.per_class)
             if len(chosen) != job.plan[epoch].size:
                 raise Internal(f"selected {len(chosen)} samples, the plan says "

@@ -39,7 +39,7 @@ def expected(shards, model, batch_size=512) -> np.ndarray:
     rows = read_shards(uri, manifest=manifest)
     proxy = build_proxy("fmnist-cnn", 0.25, export_psp(model, 0.25))
     return select(score(proxy, decode_samples(rows.samples, manifest), batch_size=batch_size),
-                  rows.labels, 0.3)
+                  rows.labels, ratio=0.3, per_class=True)
 
 
 @pytest.fixture(scope="module")

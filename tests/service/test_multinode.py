@@ -48,7 +48,7 @@ def _in_process_selection(small_shards, weights: Path) -> np.ndarray:
     proxy = build_proxy("fmnist-cnn", 0.25, records)
     rows = read_shards(uri, manifest=manifest)
     margins = score(proxy, decode_samples(rows.samples, manifest), batch_size=256)
-    return select(margins, rows.labels, 0.3)
+    return select(margins, rows.labels, ratio=0.3, per_class=True)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ def expected_selection(small_shards, model, ratio=0.3, batch_size=256) -> np.nda
     rows = read_shards(uri, manifest=manifest)
     proxy = build_proxy("fmnist-cnn", 0.25, export_psp(model, 0.25))
     margins = score(proxy, decode_samples(rows.samples, manifest), batch_size=batch_size)
-    return select(margins, rows.labels, ratio)
+    return select(margins, rows.labels, ratio=ratio, per_class=True)
 
 
 @pytest.fixture()
