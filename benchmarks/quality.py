@@ -940,7 +940,7 @@ def _profile_joint(model: dms.SlimmableModel, opt: torch.optim.Optimizer, data: 
 
 
 def psp_cost_lines(c: dict[str, Any]) -> list[str]:
-    """Human-readable PSP cost summary against ARCHITECTURE §6's targets."""
+    """Human-readable PSP cost summary against its targets (joint step and scoring ≤ 10 %)."""
     s = c["step_ms_median"]
     cs = c["step_cpu_ms_median"]
     o = c["joint_overhead_pct"]

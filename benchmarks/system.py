@@ -1,4 +1,4 @@
-"""System benchmark: what the distributed selector adds or saves, end to end (ARCHITECTURE §6).
+"""System benchmark: what the distributed selector adds or saves, end to end.
 
 - End to end: the torchrun DDP example (2 ranks) with the selector (``dynams serve``) at
   r = 0.3, ``sync`` and ``pipelined``, against the full-data run on the same machine:

@@ -1,4 +1,4 @@
-"""Transport and scorer figures of ARCHITECTURE §6, each a ratio or time in one run.
+"""Transport and scorer figures against their targets, each a ratio or time in one run.
 
 - ``indices_1m_ms``: GetSelection of 1 M indices to one rank over loopback (target ≤ 25 ms)
 - ``push_resnet18_w025_ms``: PushWeights of a width-0.25 CIFAR ResNet-18 slice (≤ 50 ms)
