@@ -12,13 +12,9 @@ import time
 
 import torch
 
-from dynams_service import (
-    build_architecture,
-    count_macs,
-    count_parameters,
-    load_idx_split,
-    margins,
-)
+from dynams_service import build_architecture, margins
+from dynams_service.core.idx import load_idx_split
+from dynams_service.core.models import count_macs, count_parameters
 
 INPUTS = {"fmnist-cnn": (1, 28, 28), "cifar-resnet18": (3, 32, 32)}
 

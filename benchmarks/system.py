@@ -1,4 +1,4 @@
-"""System benchmark: what the distributed selector adds or saves, end to end (ARCHITECTURE §6).
+"""System benchmark: what the distributed selector adds or saves, end to end.
 
 - End to end: the torchrun DDP example (2 ranks) with the selector (``dynams serve``) at
   r = 0.3, ``sync`` and ``pipelined``, against the full-data run on the same machine:
@@ -123,10 +123,10 @@ def scoring(work: Path, data_dir: str, samples: int, repeats: int) -> dict:
         ScorerResources,
         SelectionPolicy,
         build_architecture,
-        export_psp,
-        load_idx_split,
         write_shards,
     )
+    from dynams_service.core.idx import load_idx_split
+    from dynams_service.core.proxy import export_psp
     from dynams_service.service.scorer import ScorerPool
 
     env = _ray_env(work)

@@ -1,4 +1,4 @@
-"""Transport and scorer figures of ARCHITECTURE §6, each a ratio or time in one run.
+"""Transport and scorer figures against their targets, each a ratio or time in one run.
 
 - ``indices_1m_ms``: GetSelection of 1 M indices to one rank over loopback (target ≤ 25 ms)
 - ``push_resnet18_w025_ms``: PushWeights of a width-0.25 CIFAR ResNet-18 slice (≤ 50 ms)
@@ -29,13 +29,12 @@ from dynams_service import (
     ScorerResources,
     SelectionPolicy,
     build_architecture,
-    decode_samples,
-    export_psp,
-    load_idx_split,
-    read_shards,
     score,
     write_shards,
 )
+from dynams_service.core.idx import load_idx_split
+from dynams_service.core.proxy import export_psp
+from dynams_service.core.shards import decode_samples, read_shards
 
 
 def _median_ms(fn, repeats: int) -> float:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .core.job import JobSpec, ProxySpec, ScorerResources
 from .core.policy import SelectionPolicy
-from .core.psp import TensorRecord
+from .core.proxy import TensorRecord
 from .core.shards import DatasetFingerprint
 from .proto.dynams.v1 import selector_pb2 as pb
 

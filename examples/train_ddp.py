@@ -24,6 +24,7 @@ from torch.utils.data import BatchSampler, DistributedSampler
 
 import dynams_service as dms
 from dynams_service.client import DynaMSSampler, JointPSP, SelectorClient, SelectorJob, psp_loss
+from dynams_service.core.shards import decode_samples, read_shards
 
 POLICY = dms.SelectionPolicy.model_fields  # the library's defaults, not copies
 FLAGS = [("--shards", str, "data/fashion-mnist", "holds train/ and test/ shards"),
@@ -67,7 +68,7 @@ def train_uri(args: argparse.Namespace, rank: int) -> str:
     rows = max(1, min(8192, n // max(1, args.scorers)))
     subset = str(Path(args.shards, f"train-first-{n}-by-{rows}").resolve())
     if rank == 0 and not Path(subset, "dynams-dataset.json").exists():
-        data = dms.read_shards(full)
+        data = read_shards(full)
         dms.write_shards(subset, data.samples[:n], data.labels[:n], rows_per_shard=rows,
                          num_classes=dms.read_manifest(full).fingerprint.num_classes)
     if dist.is_initialized():
@@ -78,8 +79,8 @@ def train_uri(args: argparse.Namespace, rank: int) -> str:
 def load_split(uri: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole split decoded and normalised in memory (ShardDataset streams larger ones)."""
     manifest = dms.read_manifest(uri)
-    rows = dms.read_shards(uri, manifest=manifest)
-    return (dms.decode_samples(rows.samples, manifest).to(device),
+    rows = read_shards(uri, manifest=manifest)
+    return (decode_samples(rows.samples, manifest).to(device),
             torch.from_numpy(rows.labels).to(device))
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from dynams_service import build_architecture, decode_samples, read_shards
+from dynams_service import build_architecture
 from dynams_service.core.idx import load_idx_split
-from dynams_service.core.shards import DatasetManifest, write_shards
+from dynams_service.core.shards import DatasetManifest, decode_samples, read_shards, write_shards
 
 SMALL_N = 4000  # the small shard set: the first 4000 training images, 4 shards
 

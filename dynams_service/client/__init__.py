@@ -2,7 +2,7 @@
 
 from .client import SelectorClient, SelectorRpcError
 from .job import SelectorJob
-from .psp import JointPSP, psp_loss
+from .joint_training import JointPSP, psp_loss
 from .push import PushScheduler
 from .sampler import DynaMSSampler, EpochSource, RoundFailedError
 

@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 
 from ..core.job import JobSpec
-from ..core.psp import TensorRecord
+from ..core.proxy import TensorRecord
 from ..proto.dynams.v1 import selector_pb2_grpc
 from ..protocol import (
     MAX_MESSAGE_BYTES,

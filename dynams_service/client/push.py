@@ -16,7 +16,7 @@ from concurrent.futures import wait as wait_futures
 import grpc
 
 from ..core.models import SlimmableModel
-from ..core.psp import TensorRecord, export_psp
+from ..core.proxy import TensorRecord, export_psp
 from .client import SelectorRpcError
 from .job import SelectorJob
 

@@ -95,7 +95,7 @@ class SelectionPolicy(BaseModel):
     class_balance: Literal["per_class", "global"] = Field(
         "global",
         description="'global': the ⌈r·N⌉ lowest margins overall (the quality benchmark's "
-        "choice: +0.5 points over per-class quotas); 'per_class': each class its share",
+        "choice over per-class quotas); 'per_class': each class its share",
     )
     ratio_schedule: Literal["constant", "power"] = Field(
         "constant",

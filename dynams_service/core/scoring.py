@@ -54,7 +54,7 @@ def score(model: SlimmableModel, inputs: torch.Tensor, labels: torch.Tensor | No
 
     Runs in eval mode under ``torch.inference_mode()`` on the model's device and restores
     the model's training flag afterwards. ``labels`` are needed for ``mode="signed"``.
-    The default batch of 256 was 1.3–1.8× faster than 1024 on CPU (memory-bound).
+    The default batch of 256 is faster than 1024 on CPU, where scoring is memory-bound.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -43,23 +43,29 @@ def class_quotas(class_sizes: np.ndarray, total: int) -> np.ndarray:
     return quotas
 
 
-def select(scores, labels=None, ratio: float = 0.3, per_class: bool = True):
-    """Indices of the ⌈ratio·N⌉ lowest scores, sorted ascending.
+def select(scores, labels=None, *, k: int | None = None, ratio: float | None = None,
+           per_class: bool = False):
+    """Indices of the lowest scores, sorted ascending: ``k`` of them, or ⌈ratio·N⌉.
+
+    Global by default, like ``SelectionPolicy(class_balance="global")``.
 
     Args:
         scores: ``(N,)`` scores (margins); lower means more likely kept. ``+inf`` is
             allowed, NaN is not.
         labels: ``(N,)`` integer classes; required when ``per_class`` is true.
-        ratio: fraction kept, in (0, 1].
+        k: number of samples kept, in [0, N]. Exactly one of ``k`` and ``ratio``.
+        ratio: fraction kept, in (0, 1]; keeps ⌈ratio·N⌉ (see :func:`budget`).
         per_class: give each class an equal share of the budget (unused share of small
-            classes is redistributed); otherwise take the lowest scores globally.
+            classes is redistributed); otherwise (default) take the lowest scores globally.
 
     Returns:
         int64 indices into ``scores``, ascending, of the same type as ``scores`` (torch
         tensor or numpy array). Ties are broken by the lower index.
 
     Example:
-        >>> select(np.array([0.5, 0.1, 0.9, 0.2]), np.array([0, 0, 1, 1]), ratio=0.5)
+        >>> select(np.array([0.5, 0.1, 0.9, 0.2]), ratio=0.5)
+        array([1, 3])
+        >>> select(np.array([0.5, 0.1, 0.9, 0.2]), np.array([0, 0, 1, 1]), k=2, per_class=True)
         array([1, 3])
     """
     as_torch = isinstance(scores, torch.Tensor)
@@ -68,7 +74,7 @@ def select(scores, labels=None, ratio: float = 0.3, per_class: bool = True):
         raise ValueError(f"scores must be 1-D (N,), got shape {s.shape}")
     if np.isnan(s).any():
         raise ValueError(f"scores contain {int(np.isnan(s).sum())} NaN values")
-    keep = budget(s.shape[0], ratio)
+    keep = _kept_count(s.shape[0], k, ratio)
 
     if per_class:
         if labels is None:
@@ -83,6 +89,19 @@ def select(scores, labels=None, ratio: float = 0.3, per_class: bool = True):
         chosen = np.argsort(s, kind="stable")[:keep]
     chosen = np.sort(chosen).astype(np.int64)
     return torch.from_numpy(chosen) if as_torch else chosen
+
+
+def _kept_count(num_samples: int, k: int | None, ratio: float | None) -> int:
+    """How many samples ``select`` keeps: ``k`` itself or ``budget(N, ratio)``."""
+    if (k is None) == (ratio is None):
+        raise ValueError(f"pass exactly one of k and ratio, got k={k!r} and ratio={ratio!r}")
+    if ratio is not None:
+        return budget(num_samples, ratio)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k must be an integer, got {k!r}")
+    if not 0 <= k <= num_samples:
+        raise ValueError(f"k must be in [0, {num_samples}] (the number of scores), got {k}")
+    return int(k)
 
 
 def _select_per_class(scores: np.ndarray, labels: np.ndarray, keep: int) -> np.ndarray:

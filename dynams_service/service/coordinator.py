@@ -21,7 +21,7 @@ from ..core.job import JobSpec
 from ..core.models import build_architecture
 from ..core.partition import epoch_order, rank_part
 from ..core.policy import EpochKind, Plan
-from ..core.psp import PSPError, TensorRecord, records_to_state, spec_of
+from ..core.proxy import PSPError, TensorRecord, records_to_state, spec_of
 from ..core.registry import UnknownName
 from ..core.selection import select
 from ..core.shards import (
@@ -486,7 +486,7 @@ class JobCoordinator:
             policy = job.spec.policy
             scored = job.pool.score(ref, policy.margin_mode)
             ratio = job.plan[epoch].size / job.plan.num_samples
-            chosen = select(scored.margins, job.labels, min(1.0, ratio),
+            chosen = select(scored.margins, job.labels, ratio=min(1.0, ratio),
                             per_class=policy.per_class)
             if len(chosen) != job.plan[epoch].size:
                 raise Internal(f"selected {len(chosen)} samples, the plan says "

@@ -165,8 +165,28 @@ def test_pipelined_scores_weights_from_before_the_epoch_ended(
     assert sync["selection_digests"][0] != pipe["selection_digests"][0]  # older weights
 
 
-def test_knob_effects_and_sweep_tables_pair_runs_by_seed() -> None:
+def test_every_base_kind_has_one_sample_chooser() -> None:
     q = _load_quality()
+    from benchmarks.quality_methods import BASE_KINDS
+
+    assert set(q.CHOOSERS) == set(BASE_KINDS)
+    assert all(callable(choose) for choose in q.CHOOSERS.values())
+
+
+def test_quick_runs_never_write_into_the_committed_results(tmp_path: Path) -> None:
+    q = _load_quality()
+    quick = q.output_dir(None, quick=True)
+    assert quick.parent == REPO / "runs" and quick.name.startswith("quality-quick-")
+    assert q.output_dir(tmp_path, quick=True) == tmp_path
+    for inside in (q.DEFAULT_OUT, q.DEFAULT_OUT / "sub"):
+        with pytest.raises(ValueError, match="--quick must not write"):
+            q.output_dir(inside, quick=True)
+    assert q.output_dir(None, quick=False) == q.DEFAULT_OUT == REPO / "benchmarks" / "results"
+
+
+def test_knob_effects_and_sweep_tables_pair_runs_by_seed() -> None:
+    _load_quality()  # puts the repository root on sys.path, as a script run does
+    from benchmarks import quality_report as q
 
     def run(method: str, ratio: float | None, seed: int, acc: float, epochs: int = 8,
             **extra: float) -> dict:

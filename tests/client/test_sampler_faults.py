@@ -10,8 +10,9 @@ import socket
 import numpy as np
 import pytest
 
-from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy, export_psp
+from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy
 from dynams_service.client import DynaMSSampler, SelectorClient, SelectorJob
+from dynams_service.core.proxy import export_psp
 
 
 def free_port() -> int:

@@ -6,19 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from dynams_service import (
-    SlimCNN,
-    SlimmableConv2d,
-    SlimResNet18,
-    SwitchableBatchNorm2d,
-    build_architecture,
-    build_proxy,
+from dynams_service import SlimCNN, SlimResNet18, build_architecture
+from dynams_service.core.models import (
+    SlimmableModel,
     count_macs,
     count_parameters,
-    export_psp,
+    register_architecture,
 )
-from dynams_service.core.models import SlimmableModel, register_architecture
-from dynams_service.core.slimmable import scaled_channels
+from dynams_service.core.proxy import build_proxy, export_psp
+from dynams_service.core.slimmable import SlimmableConv2d, SwitchableBatchNorm2d, scaled_channels
 
 CASES = [("fmnist-cnn", (1, 28, 28)), ("cifar-resnet18", (3, 32, 32))]
 

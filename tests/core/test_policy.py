@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from dynams_service import EpochKind, SelectionPolicy
+from dynams_service import SelectionPolicy
+from dynams_service.core.policy import EpochKind
 
 
 def test_defaults_follow_the_architecture():

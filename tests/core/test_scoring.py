@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from dynams_service import (
-    build_architecture,
-    build_proxy,
-    decode_samples,
-    export_psp,
-    margins,
-    read_shards,
-    score,
-    select,
-)
+from dynams_service import build_architecture, margins, score, select
+from dynams_service.core.proxy import build_proxy, export_psp
+from dynams_service.core.shards import decode_samples, read_shards
 
 
 def test_proxy_scores_equal_the_model_at_width(fashion_mnist_shards):
@@ -41,6 +34,6 @@ def test_proxy_scores_equal_the_model_at_width(fashion_mnist_shards):
         head = model.head.slice_state(0.25)
         direct = margins(model.eval().forward_features(x, 0.25), head["weight"], head["bias"])
     torch.testing.assert_close(by_model, direct, atol=1e-5, rtol=1e-5)
-    chosen = select(by_proxy, y, 0.3)
+    chosen = select(by_proxy, y, ratio=0.3, per_class=True)
     assert len(chosen) == 300
     assert by_proxy[chosen].mean() < by_proxy.mean()

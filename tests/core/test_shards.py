@@ -12,18 +12,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dynams_service import (
+from dynams_service import read_manifest, write_shards
+from dynams_service.core.shards import (
+    MANIFEST_NAME,
     ShardError,
     decode_samples,
     fingerprint,
-    read_manifest,
     read_shards,
     shard_groups,
     verify_dataset,
-    write_shards,
     write_shards_from_dataset,
 )
-from dynams_service.core.shards import MANIFEST_NAME
 
 
 def test_round_trip_equals_the_idx_files(fashion_mnist_shards, fashion_mnist_train):

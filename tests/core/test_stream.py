@@ -15,16 +15,20 @@ import torch
 from dynams_service import (
     ShardDataset,
     build_architecture,
-    decode_samples,
     read_manifest,
-    read_shards,
     score,
     write_image_folder,
-    write_shards_from_dataset,
 )
 from dynams_service.core.decoders import Normalizer
 from dynams_service.core.scoring import score_batches
-from dynams_service.core.shards import CorruptSample, ShardError, verify_dataset
+from dynams_service.core.shards import (
+    CorruptSample,
+    ShardError,
+    decode_samples,
+    read_shards,
+    verify_dataset,
+    write_shards_from_dataset,
+)
 from dynams_service.core.stream import ShardStream, verify_samples
 
 V1_DATASET = Path(__file__).resolve().parents[1] / "data" / "fmnist-v1"

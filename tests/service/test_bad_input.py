@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dynams_service import TensorRecord, export_psp
 from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.core.proxy import TensorRecord, export_psp
 from dynams_service.proto.dynams.v1 import selector_pb2_grpc
 from dynams_service.protocol import pb, records_to_chunks, spec_to_proto
 

@@ -17,16 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dynams_service import (
-    JobSpec,
-    ProxySpec,
-    ScorerResources,
-    SelectionPolicy,
-    TensorRecord,
-    export_psp,
-    write_shards,
-)
+from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy, write_shards
 from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.core.proxy import TensorRecord, export_psp
 from dynams_service.protocol import pb
 from dynams_service.service.server import SelectorServer
 

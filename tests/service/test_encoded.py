@@ -26,15 +26,13 @@ from dynams_service import (
     ScorerResources,
     SelectionPolicy,
     build_architecture,
-    build_proxy,
-    decode_samples,
-    export_psp,
-    read_shards,
     score,
     select,
 )
 from dynams_service.client import SelectorClient, SelectorRpcError
 from dynams_service.core.decoders import ImageDecoder, Normalizer
+from dynams_service.core.proxy import build_proxy, export_psp
+from dynams_service.core.shards import decode_samples, read_shards
 from dynams_service.protocol import ROUND_FAILED, pb
 
 from ..core.test_stream import corrupt_row
@@ -75,7 +73,7 @@ def test_jpeg_round_streams_and_matches_the_core(server_factory, jpeg_shards, re
     rows = read_shards(uri, manifest=manifest)
     proxy = build_proxy("cifar-resnet18", 0.25, records)
     expected = select(score(proxy, decode_samples(rows.samples, manifest), batch_size=64),
-                      rows.labels, 0.3, per_class=False)
+                      rows.labels, ratio=0.3)
     selections = {}
     for cache in (0, 1 << 30):  # streaming every round, and everything cached
         spec = image_spec(jpeg_shards, f"jpeg-cache-{cache}", cache_bytes=cache)
@@ -182,7 +180,7 @@ def test_operator_decoder_loads_with_models_flag(tmp_path, jpeg_shards, resnet):
         x = ImageDecoder([3, 32, 32]).decode(pa.array(list(rows.samples))).flip(-1)
         x = Normalizer(jpeg_shards[1].mean, jpeg_shards[1].std)(x)
         expected = select(score(build_proxy("cifar-resnet18", 0.25, records), x,
-                                batch_size=64), rows.labels, 0.3, per_class=False)
+                                batch_size=64), rows.labels, ratio=0.3)
         assert np.array_equal(np.sort(part), expected)
         client.close()
     finally:

@@ -15,20 +15,10 @@ import pytest
 import ray
 import torch
 
-from dynams_service import (
-    JobSpec,
-    ProxySpec,
-    ScorerResources,
-    SelectionPolicy,
-    TensorRecord,
-    build_proxy,
-    decode_samples,
-    export_psp,
-    read_shards,
-    score,
-    select,
-)
+from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy, score, select
 from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.core.proxy import TensorRecord, build_proxy, export_psp
+from dynams_service.core.shards import decode_samples, read_shards
 from dynams_service.proto.dynams.v1 import selector_pb2_grpc
 from dynams_service.protocol import pb, records_to_chunks
 
@@ -49,7 +39,7 @@ def expected(shards, model, batch_size=512) -> np.ndarray:
     rows = read_shards(uri, manifest=manifest)
     proxy = build_proxy("fmnist-cnn", 0.25, export_psp(model, 0.25))
     return select(score(proxy, decode_samples(rows.samples, manifest), batch_size=batch_size),
-                  rows.labels, 0.3)
+                  rows.labels, ratio=0.3, per_class=True)
 
 
 @pytest.fixture(scope="module")

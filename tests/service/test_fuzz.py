@@ -24,10 +24,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynams_service import TensorRecord, export_psp
 from dynams_service.client import SelectorClient
 from dynams_service.core.partition import rank_count
-from dynams_service.core.psp import proxy_spec, records_to_state
+from dynams_service.core.proxy import TensorRecord, export_psp, proxy_schema, records_to_state
 from dynams_service.proto.dynams.v1 import selector_pb2 as pb
 from dynams_service.proto.dynams.v1 import selector_pb2_grpc
 from dynams_service.protocol import (
@@ -130,7 +129,7 @@ def live(ray_cluster, small_shards, trained_model, tmp_path_factory) -> Iterator
             _, first = client.get_selection(HEALTHY, 1, 0, 1, timeout=120)
         stub = selector_pb2_grpc.SelectorStub(channel)
         yield Live(server, state_dir, stub, spec_to_proto(spec), spec.dataset_uri, good,
-                   proxy_spec("fmnist-cnn", 0.25), frozenset(first.tolist()),
+                   proxy_schema("fmnist-cnn", 0.25), frozenset(first.tolist()),
                    _snapshot(stub, state_dir))
     finally:
         channel.close()

@@ -16,8 +16,9 @@ import pytest
 import ray
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dynams_service import ScorerResources, export_psp
+from dynams_service import ScorerResources
 from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.core.proxy import export_psp
 from dynams_service.core.shards import write_shards
 from dynams_service.proto.dynams.v1 import selector_pb2_grpc
 from dynams_service.protocol import pb, records_to_chunks

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from dynams_service import build_proxy, decode_samples, read_shards, score, select
-from dynams_service.core.psp import TensorRecord
+from dynams_service import score, select
+from dynams_service.core.proxy import TensorRecord, build_proxy
+from dynams_service.core.shards import decode_samples, read_shards
 
 CHECK = Path(__file__).with_name("multinode_check.py")
 ROWS_PER_NODE = 2000  # the 4 small shards of 1000 rows, two per scorer
@@ -47,7 +48,7 @@ def _in_process_selection(small_shards, weights: Path) -> np.ndarray:
     proxy = build_proxy("fmnist-cnn", 0.25, records)
     rows = read_shards(uri, manifest=manifest)
     margins = score(proxy, decode_samples(rows.samples, manifest), batch_size=256)
-    return select(margins, rows.labels, 0.3)
+    return select(margins, rows.labels, ratio=0.3, per_class=True)
 
 
 @pytest.mark.slow

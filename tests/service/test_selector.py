@@ -6,16 +6,11 @@ import grpc
 import numpy as np
 import pytest
 
-from dynams_service import (
-    build_proxy,
-    decode_samples,
-    epoch_order,
-    export_psp,
-    read_shards,
-    score,
-    select,
-)
+from dynams_service import score, select
 from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.core.partition import epoch_order
+from dynams_service.core.proxy import build_proxy, export_psp
+from dynams_service.core.shards import decode_samples, read_shards
 from dynams_service.protocol import WEIGHTS_NOT_PUSHED, pb
 
 from .conftest import canonical_from_parts, gather, make_spec
@@ -27,7 +22,7 @@ def expected_selection(small_shards, model, ratio=0.3, batch_size=256) -> np.nda
     rows = read_shards(uri, manifest=manifest)
     proxy = build_proxy("fmnist-cnn", 0.25, export_psp(model, 0.25))
     margins = score(proxy, decode_samples(rows.samples, manifest), batch_size=batch_size)
-    return select(margins, rows.labels, ratio)
+    return select(margins, rows.labels, ratio=ratio, per_class=True)
 
 
 @pytest.fixture()

@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 import ray
 
-from dynams_service import ScorerResources, export_psp
+from dynams_service import ScorerResources
 from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.core.proxy import export_psp
 
 from .conftest import Selector, make_spec
 from .rawprobe import fuzz

@@ -7,7 +7,8 @@ import pickle
 import pytest
 import torch
 
-from dynams_service import PSPError, SlimCNN, TensorRecord, build_proxy, export_psp, proxy_spec
+from dynams_service import SlimCNN
+from dynams_service.core.proxy import PSPError, TensorRecord, build_proxy, export_psp, proxy_schema
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64])
@@ -26,7 +27,7 @@ def test_records_are_little_endian_bytes():
 
 def test_spec_matches_export():
     records = export_psp(SlimCNN(), 0.25)
-    spec = proxy_spec("fmnist-cnn", 0.25)
+    spec = proxy_schema("fmnist-cnn", 0.25)
     assert {r.name: (r.dtype, r.shape) for r in records} == spec
 
 

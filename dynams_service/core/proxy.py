@@ -1,4 +1,5 @@
-"""PSP export and import: a model's width-α slice as named raw tensors, and back.
+"""The proxy on the wire: a model's width-α slice exported as named raw tensors, and the
+standalone proxy rebuilt from them.
 
 What crosses the wire is only (name, dtype, shape, little-endian bytes) per tensor; the
 selector rebuilds the proxy from a *registered* architecture and these bytes, so no client
@@ -21,7 +22,7 @@ __all__ = [
     "PSPError",
     "TensorRecord",
     "export_psp",
-    "proxy_spec",
+    "proxy_schema",
     "spec_of",
     "build_proxy",
     "load_proxy",
@@ -108,8 +109,9 @@ def spec_of(model: SlimmableModel) -> dict[str, tuple[str, tuple[int, ...]]]:
     return {n: (_DTYPE_NAMES[t.dtype], tuple(t.shape)) for n, t in model.state_dict().items()}
 
 
-def proxy_spec(architecture: str, width: float) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """Name → (dtype, shape) of every tensor a push for (architecture, width) must carry."""
+def proxy_schema(architecture: str, width: float) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The tensor schema of the (architecture, width) proxy: name → (wire dtype, shape) of
+    every tensor a push for it must carry."""
     return spec_of(build_architecture(architecture).make_proxy(width))
 
 

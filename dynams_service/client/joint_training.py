@@ -37,9 +37,9 @@ class JointPSP(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Full logits for the batch; PSP logits for its first ⌈batch_fraction·B⌉ samples.
 
-        On CPU, pooling, BatchNorm and ReLU cost ∝ α, not α², so the width-0.25 proxy's
-        step is ≈ 20 % of the model's; a batch fraction of 0.5 roughly halves that overhead
-        (the quality benchmark found no accuracy cost, hence the default; 0.25 did cost
+        On CPU, pooling, BatchNorm and ReLU cost ∝ α, not α², so the proxy's step costs more
+        than α² of the model's; a batch fraction of 0.5 roughly halves that overhead (the
+        quality benchmark found no accuracy cost, hence the default; 0.25 did cost
         accuracy).
         """
         k = max(1, math.ceil(round(x.shape[0] * self.batch_fraction, 6)))
