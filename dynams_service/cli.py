@@ -218,11 +218,29 @@ def _status(args: argparse.Namespace) -> int:
                 line += f"  error: {r.error}"
             print(line)
         if not job.scorer_status:
-            print("    (no scorers now: they start with the next weights push)")
+            print(f"    ({_no_scorers_reason(job)})")
         for s in job.scorer_status:
             print(f"    {s.name}  node {s.node_id}  {s.device}  rows {s.rows}  "
                   f"inputs {s.input_bytes / 2**20:.1f} MiB")
     return 0
+
+
+def _no_scorers_reason(job) -> str:
+    """Why a job (a ``pb.Job``) has no scorers now, true for its state."""
+    from .protocol import pb
+
+    if job.state == pb.JOB_STATE_FINISHED:
+        return "no scorers: every round is selected, so they were released"
+    pending = next((r for r in job.rounds if r.state != pb.ROUND_STATE_DONE), None)
+    if pending is None:
+        return "no scorers now"
+    if pending.state == pb.ROUND_STATE_SCORING:
+        return f"no scorers yet: they are starting for round {pending.round}"
+    start = (f"they start when weights for round {pending.round} (epoch {pending.epoch}) "
+             "are pushed")
+    if job.rounds_done or pending.state == pb.ROUND_STATE_FAILED:
+        return f"no scorers now (released when idle, or the selector restarted); {start}"
+    return f"no scorers yet: {start}"
 
 
 def _job_details(client) -> list:
