@@ -127,7 +127,7 @@ def scoring(work: Path, data_dir: str, samples: int, repeats: int) -> dict:
     )
     from dynams_service.core.idx import load_idx_split
     from dynams_service.core.proxy import export_psp
-    from dynams_service.service.scorer import ScorerPool
+    from dynams_service.service.scorer import JobScorers
 
     env = _ray_env(work)
     os.environ["RAY_AUTH_TOKEN_PATH"] = env["RAY_AUTH_TOKEN_PATH"]
@@ -141,7 +141,6 @@ def scoring(work: Path, data_dir: str, samples: int, repeats: int) -> dict:
                                 num_classes=10, rows_per_shard=-(-samples // 2))
         snapshot = {r.name: r.to_tensor().numpy()
                     for r in export_psp(build_architecture("fmnist-cnn").eval(), 0.25)}
-        ref = ray.put(snapshot)
         times = {}
         for k in (1, 2):
             spec = JobSpec(job_id=f"scale-{k}", dataset_uri=uri,
@@ -150,15 +149,15 @@ def scoring(work: Path, data_dir: str, samples: int, repeats: int) -> dict:
                            policy=SelectionPolicy(), epochs=2,
                            resources=ScorerResources(num_scorers=k, num_cpus=1,
                                                      batch_size=1024))
-            pool = ScorerPool(spec, manifest)
+            scorers = JobScorers(spec, manifest)
             try:
-                pool.score(ref, "distance")
+                scorers.score(snapshot, "distance")
                 samples_s = []
                 for _ in range(repeats):
-                    samples_s.append(pool.score(ref, "distance").seconds)
+                    samples_s.append(scorers.score(snapshot, "distance").seconds)
                 times[k] = statistics.median(samples_s)
             finally:
-                pool.shutdown()
+                scorers.shutdown()
     finally:
         ray.shutdown()
     per_sample = times[1] / samples

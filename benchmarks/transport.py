@@ -83,9 +83,7 @@ def indices_and_push(work: Path, repeats: int) -> dict[str, float]:
 
 def scorer_vs_loop(work: Path, data_dir: str, samples: int, repeats: int,
                    threads: int) -> dict[str, float]:
-    import ray
-
-    from dynams_service.service.scorer import ScorerPool
+    from dynams_service.service.scorer import JobScorers
 
     images, labels = load_idx_split(data_dir, "train")
     uri = str(work / "fmnist")
@@ -96,13 +94,12 @@ def scorer_vs_loop(work: Path, data_dir: str, samples: int, repeats: int,
     snapshot = {r.name: r.to_tensor().numpy() for r in records}
     spec = _spec("throughput", uri, manifest, "fmnist-cnn", num_scorers=1, num_cpus=threads,
                  batch_size=1024)
-    pool = ScorerPool(spec, manifest)
+    scorers = JobScorers(spec, manifest)
     try:
-        ref = ray.put(snapshot)
-        pool.score(ref, "distance")  # warm-up
-        actor_ms = _median_ms(lambda: pool.score(ref, "distance"), repeats)
+        scorers.score(snapshot, "distance")  # warm-up
+        actor_ms = _median_ms(lambda: scorers.score(snapshot, "distance"), repeats)
     finally:
-        pool.shutdown()
+        scorers.shutdown()
     torch.set_num_threads(threads)
     proxy = model.make_proxy(0.25)
     proxy.load_state_dict({k: torch.from_numpy(v) for k, v in snapshot.items()})

@@ -184,12 +184,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     """Print a running selector's jobs, rounds, scorer placement and Ray dashboard URL."""
     from .client import SelectorRpcError
-    from .protocol import pb
+    from .protocol import job_state_name, pb, round_state_name
 
-    states = {pb.ROUND_STATE_WAITING_FOR_WEIGHTS: "waiting", pb.ROUND_STATE_SCORING: "scoring",
-              pb.ROUND_STATE_DONE: "done", pb.ROUND_STATE_FAILED: "failed"}
-    job_states = {pb.JOB_STATE_ACTIVE: "active", pb.JOB_STATE_IDLE: "idle",
-                  pb.JOB_STATE_FINISHED: "finished", pb.JOB_STATE_FAILED: "FAILED"}
     try:
         with _connect(args) as client:
             jobs = [client.get_job(args.job)] if args.job else _job_details(client)
@@ -202,7 +198,7 @@ def _status(args: argparse.Namespace) -> int:
     print(f"jobs:           {len(jobs)}")
     for job in jobs:
         spec, res = job.spec, job.spec.resources
-        state = job_states.get(job.state, "?")
+        state = job_state_name(job.state)
         if job.state == pb.JOB_STATE_FAILED:
             print(f"\njob {spec.job_id}  FAILED (quarantined): {job.error}")
             print(f"  delete it (dynams job delete {spec.job_id}) and create it again")
@@ -213,7 +209,7 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  scorers:  {res.num_scorers} x (cpus {res.num_cpus:g}, gpus {res.num_gpus:g})")
         print(f"  fraction trained {job.fraction_trained:.3f}")
         for r in job.rounds:
-            line = f"    round {r.round}  epoch {r.epoch}  {states.get(r.state, '?'):<8}"
+            line = f"    round {r.round}  epoch {r.epoch}  {round_state_name(r.state):<8}"
             if r.weights_version >= 0 and r.state != pb.ROUND_STATE_WAITING_FOR_WEIGHTS:
                 line += f"  weights v{r.weights_version}"
             if r.state == pb.ROUND_STATE_DONE:
@@ -222,11 +218,29 @@ def _status(args: argparse.Namespace) -> int:
                 line += f"  error: {r.error}"
             print(line)
         if not job.scorer_status:
-            print("    (no scorers now: they start with the next weights push)")
+            print(f"    ({_no_scorers_reason(job)})")
         for s in job.scorer_status:
             print(f"    {s.name}  node {s.node_id}  {s.device}  rows {s.rows}  "
                   f"inputs {s.input_bytes / 2**20:.1f} MiB")
     return 0
+
+
+def _no_scorers_reason(job) -> str:
+    """Why a job (a ``pb.Job``) has no scorers now, true for its state."""
+    from .protocol import pb
+
+    if job.state == pb.JOB_STATE_FINISHED:
+        return "no scorers: every round is selected, so they were released"
+    pending = next((r for r in job.rounds if r.state != pb.ROUND_STATE_DONE), None)
+    if pending is None:
+        return "no scorers now"
+    if pending.state == pb.ROUND_STATE_SCORING:
+        return f"no scorers yet: they are starting for round {pending.round}"
+    start = (f"they start when weights for round {pending.round} (epoch {pending.epoch}) "
+             "are pushed")
+    if job.rounds_done or pending.state == pb.ROUND_STATE_FAILED:
+        return f"no scorers now (released when idle, or the selector restarted); {start}"
+    return f"no scorers yet: {start}"
 
 
 def _job_details(client) -> list:
@@ -385,10 +399,8 @@ def _connect(args: argparse.Namespace):
 def _job_list(args: argparse.Namespace) -> int:
     """One line per job: id, state, rounds done, samples, dataset."""
     from .client import SelectorRpcError
-    from .protocol import pb
+    from .protocol import job_state_name, pb
 
-    names = {pb.JOB_STATE_ACTIVE: "active", pb.JOB_STATE_IDLE: "idle",
-             pb.JOB_STATE_FINISHED: "finished", pb.JOB_STATE_FAILED: "FAILED"}
     try:
         with _connect(args) as client:
             jobs = client.list_jobs()
@@ -397,7 +409,9 @@ def _job_list(args: argparse.Namespace) -> int:
         return 1
     for job in jobs:
         spec = job.spec
-        print(f"{spec.job_id:<32} {names.get(job.state, '?'):<9} rounds "
+        state = job_state_name(job.state)
+        state = state.upper() if job.state == pb.JOB_STATE_FAILED else state  # stands out
+        print(f"{spec.job_id:<32} {state:<9} rounds "
               f"{job.rounds_done}/{job.rounds_total}  {spec.fingerprint.num_samples} samples  "
               f"{spec.dataset_uri}")
     if not jobs:

@@ -36,6 +36,10 @@ __all__ = [
     "chunks_to_push",
     "selection_chunks",
     "indices_from_chunks",
+    "ROUND_STATES",
+    "JOB_STATES",
+    "round_state_name",
+    "job_state_name",
 ]
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024    # the server refuses larger messages
@@ -57,13 +61,30 @@ _BALANCE = {"per_class": pb.CLASS_BALANCE_PER_CLASS, "global": pb.CLASS_BALANCE_
 _SCHEDULE = {"constant": pb.RATIO_SCHEDULE_CONSTANT, "power": pb.RATIO_SCHEDULE_POWER}
 _STALENESS = {"sync": pb.STALENESS_SYNC, "pipelined": pb.STALENESS_PIPELINED}
 
+# The one table each from the service's round and job state names to the wire's enums;
+# the servicer encodes with them, the CLI decodes with them.
+ROUND_STATES = {"waiting": pb.ROUND_STATE_WAITING_FOR_WEIGHTS, "scoring": pb.ROUND_STATE_SCORING,
+                "done": pb.ROUND_STATE_DONE, "failed": pb.ROUND_STATE_FAILED}
+JOB_STATES = {"active": pb.JOB_STATE_ACTIVE, "idle": pb.JOB_STATE_IDLE,
+              "finished": pb.JOB_STATE_FINISHED, "failed": pb.JOB_STATE_FAILED}
+
+
+def round_state_name(value: int) -> str:
+    """A ``RoundState`` enum value's name (``"?"`` for one this release does not know)."""
+    return _name_of(ROUND_STATES, value)
+
+
+def job_state_name(value: int) -> str:
+    """A ``JobState`` enum value's name (``"?"`` for one this release does not know)."""
+    return _name_of(JOB_STATES, value)
+
+
+def _name_of(table: dict[str, int], value: int) -> str:
+    return next((name for name, number in table.items() if number == value), "?")
+
 
 class ProtocolError(ValueError):
     """A message is malformed (inconsistent chunks, unknown enum, …); the text says how."""
-
-
-def _enum_to_proto(table: dict[str, int], value: str) -> int:
-    return table[value]
 
 
 def _enum_from_proto(table: dict[str, int], value: int, field: str) -> str | None:

@@ -1,6 +1,7 @@
-"""The job coordinator: jobs, their scorer pools and rounds, and per-rank answers.
+"""The job coordinator: jobs, their scorers and rounds, and per-rank answers.
 
-Plain Python over the core and the scorer pool; the gRPC servicer only translates to it.
+Plain Python over the core and the scorer facade (no Ray here: scorers take and return
+numpy); the gRPC servicer only translates to it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import ray
 import torch
 
 from ..core.dataset_access import DatasetAccess, DatasetAccessDenied, MalformedDatasetURI
@@ -30,9 +30,11 @@ from ..core.shards import (
     FingerprintMismatch,
     InvalidDatasetURI,
     ShardError,
+    read_manifest,
     verified_labels,
 )
 from . import admission
+from .dataset_identity import DatasetEncoding
 from .errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -46,10 +48,13 @@ from .errors import (
 )
 from .limits import Limits
 from .metrics import SelectorMetrics
-from .scorer import ScorerPool
-from .store import RoundResult, StateStore
+from .rounds import Round, RoundState
+from .scorer import JobScorers
+from .store import LoadedJob, RoundResult, StateStore
+from .threads import RoundThreads
 
-__all__ = ["JobCoordinator", "Answer", "JobStatus", "JobSummary", "RoundStatus", "JobState"]
+__all__ = ["JobCoordinator", "Answer", "JobStatus", "JobSummary", "RoundStatus", "JobState",
+           "RoundState"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +75,7 @@ class Answer:
 class RoundStatus:
     round: int
     epoch: int
-    state: str  # waiting | scoring | done | failed
+    state: RoundState
     weights_version: int = -1
     selected: int = 0
     seconds: float = 0.0
@@ -113,16 +118,26 @@ class _Job:
     spec: JobSpec
     plan: Plan
     manifest: DatasetManifest
+    encoding: DatasetEncoding  # the dataset's when the job was created: part of its identity
     labels: np.ndarray
     proxy_spec: dict[str, tuple[str, tuple[int, ...]]]
-    pool: ScorerPool | None = None
-    rounds: dict[int, RoundResult] = field(default_factory=dict)
-    scoring: dict[int, int] = field(default_factory=dict)  # round → version being scored
-    failed: dict[int, str] = field(default_factory=dict)
+    rounds: list[Round]  # one per selection round, indexed by round number
+    scorers: JobScorers | None = None
     orders: OrderedDict = field(default_factory=OrderedDict)  # epoch → shuffled list
     deleted: bool = False
-    pool_lock: threading.Lock = field(default_factory=threading.Lock)  # starting/stopping
+    scorers_lock: threading.Lock = field(default_factory=threading.Lock)  # starting/stopping
     last_used: float = field(default_factory=time.monotonic)  # last RPC naming the job
+
+    def rounds_in(self, state: RoundState) -> int:
+        return sum(r.state is state for r in self.rounds)
+
+    @property
+    def finished(self) -> bool:
+        return all(r.state is RoundState.DONE for r in self.rounds)
+
+    @property
+    def scoring(self) -> bool:
+        return any(r.state is RoundState.SCORING for r in self.rounds)
 
 
 @dataclass(frozen=True)
@@ -157,7 +172,7 @@ class JobCoordinator:
         self._creating: dict[str, JobSpec] = {}  # job id → spec, while being placed
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._threads: list[threading.Thread] = []
+        self.round_threads = RoundThreads()
 
     # --- jobs -------------------------------------------------------------------------
 
@@ -172,10 +187,15 @@ class JobCoordinator:
             error, retryable = loaded.error, False
             job = None
             if not error and loaded.spec is not None:
+                error = self._dataset_change(loaded)
+            if not error and loaded.spec is not None:
                 try:
                     job = self._prepare(loaded.spec)
                 except Exception as exc:  # noqa: BLE001 - one bad job must not stop the rest
                     error, retryable = f"cannot restore: {exc}", True
+            if job is not None:
+                error = _restore_rounds(job, loaded)
+                job = None if error else job
             if job is None:
                 log.error("job %s quarantined (listed as failed; %s): %s", loaded.job_id,
                           "CreateJob with its spec retries it" if retryable
@@ -184,7 +204,6 @@ class JobCoordinator:
                     self._quarantined[loaded.job_id] = _Quarantined(
                         loaded.job_id, loaded.spec, error[:1000], retryable)
                 continue
-            job.rounds.update(loaded.rounds)
             with self._lock:
                 self._jobs[loaded.job_id] = job
             restored += 1
@@ -192,9 +211,26 @@ class JobCoordinator:
                      len(loaded.rounds))
         return restored
 
+    def _dataset_change(self, loaded: LoadedJob) -> str:
+        """Why a persisted job's dataset is no longer the one it was created for (its
+        samples' encoding changed), or "" (unchanged, unknown, or unreadable: restoring
+        it then says what is wrong)."""
+        if loaded.encoding is None or loaded.spec is None:
+            return ""
+        uri = loaded.spec.dataset_uri
+        try:
+            self.access.check(uri)
+            now = DatasetEncoding.of(read_manifest(uri))
+        except (MalformedDatasetURI, DatasetAccessDenied, ShardError, ValueError):
+            return ""
+        changed = loaded.encoding.differences(now)
+        return f"its dataset changed since the job was created ({'; '.join(changed)})" \
+            if changed else ""
+
     def create_job(self, spec: JobSpec, timeout: float | None = None,
                    gave_up: Callable[[], bool] = lambda: False) -> JobStatus:
-        """Create a job (idempotent for an identical spec) and start its scorers.
+        """Create a job (idempotent for an identical spec over an unchanged dataset
+        encoding) and start its scorers.
 
         Waits at most ``timeout`` s (and ``Limits.placement_timeout``) for the scorers'
         placement; ``gave_up()`` true (the caller left) means nothing is created. See
@@ -204,31 +240,13 @@ class JobCoordinator:
             timeout, self.limits.placement_timeout)
         deadline = time.monotonic() + span
         with self._lock:
-            while spec.job_id in self._creating:  # the same id, being placed by another call
-                if self._creating[spec.job_id] != spec:
-                    raise AlreadyExists(f"job {spec.job_id!r} is being created with a "
-                                        "different spec; use another job_id")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DeadlineExceeded(f"job {spec.job_id!r} is still being created")
-                self._changed.wait(remaining)
-            existing = self._jobs.get(spec.job_id)
-            if existing is not None:
-                if existing.spec != spec:
-                    raise AlreadyExists(
-                        f"job {spec.job_id!r} exists with a different spec; delete it first "
-                        "or use another job_id")
-                existing.last_used = time.monotonic()
+            existing = self._existing(spec, deadline)
+            if existing is None:
+                quarantined = self._reserve(spec)
+        if existing is not None:
+            self._check_same_dataset(existing)
+            with self._lock:
                 return self._status(existing)
-            quarantined = self._quarantined.get(spec.job_id)
-            if quarantined is not None and not (quarantined.retryable
-                                                and quarantined.spec == spec):
-                raise AlreadyExists(f"job {spec.job_id!r} exists but could not be restored "
-                                    "(listed as failed); delete it first")
-            admission.check_job_count(len(self._jobs) + len(self._creating), self.limits)
-            admission.check_resources(spec, self.limits)
-            self._creating[spec.job_id] = spec
-            self._quarantined.pop(spec.job_id, None)  # retried: restored below, or back
         job = None
         try:
             job = self._place(spec, deadline, gave_up, resume=quarantined is not None)
@@ -243,25 +261,79 @@ class JobCoordinator:
         with self._lock:
             return self._status(job)
 
+    def _existing(self, spec: JobSpec, deadline: float) -> _Job | None:
+        """The job already created under ``spec.job_id``, after any creation of it in
+        progress ends; AlreadyExists if its spec differs. Call with the lock held."""
+        while spec.job_id in self._creating:  # the same id, being placed by another call
+            if self._creating[spec.job_id] != spec:
+                raise AlreadyExists(f"job {spec.job_id!r} is being created with a "
+                                    "different spec; use another job_id")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"job {spec.job_id!r} is still being created")
+            self._changed.wait(remaining)
+        existing = self._jobs.get(spec.job_id)
+        if existing is not None:
+            if existing.spec != spec:
+                raise AlreadyExists(
+                    f"job {spec.job_id!r} exists with a different spec; delete it first "
+                    "or use another job_id")
+            existing.last_used = time.monotonic()
+        return existing
+
+    def _reserve(self, spec: JobSpec) -> _Quarantined | None:
+        """Admit a new job and reserve its id; returns the quarantined job it retries, if
+        any (put back if the creation fails). Call with the lock held."""
+        quarantined = self._quarantined.get(spec.job_id)
+        if quarantined is not None and not (quarantined.retryable and quarantined.spec == spec):
+            raise AlreadyExists(f"job {spec.job_id!r} exists but could not be restored "
+                                f"({quarantined.error}); delete it first")
+        admission.check_job_count(len(self._jobs) + len(self._creating), self.limits)
+        admission.check_resources(spec, self.limits)
+        self._creating[spec.job_id] = spec
+        self._quarantined.pop(spec.job_id, None)  # retried: restored below, or back
+        return quarantined
+
+    def _check_same_dataset(self, job: _Job) -> None:
+        """AlreadyExists if the job's dataset now encodes its samples differently (same
+        URI and labels, another shape or decoder): that is another job, not this one."""
+        try:
+            manifest = read_manifest(job.spec.dataset_uri)
+        except DatasetNotFound as exc:
+            raise NotFound(str(exc)) from None
+        except InvalidDatasetURI as exc:
+            raise InvalidArgument(str(exc)) from None
+        except ShardError as exc:
+            raise FailedPrecondition(f"malformed dataset: {exc}") from None
+        changed = job.encoding.differences(DatasetEncoding.of(manifest))
+        if changed:
+            raise AlreadyExists(
+                f"job {job.spec.job_id!r} exists for this dataset as it was when the job was "
+                f"created; the dataset has changed since ({'; '.join(changed)}). Delete the "
+                "job first or use another job_id")
+
     def _place(self, spec: JobSpec, deadline: float, gave_up: Callable[[], bool],
                resume: bool = False) -> _Job:
         """Validate, start the scorers, save the spec, register; undo all on any failure.
 
         ``resume``: the job was persisted but could not be restored; its saved rounds
-        are taken back.
+        are taken back, if its dataset still encodes samples as when it was created.
         """
         job = self._prepare(spec)
         if resume:
             loaded = self.store.load_job(spec.job_id)
             if loaded is not None and not loaded.error:
-                job.rounds.update(loaded.rounds)
+                error = _restore_rounds(job, loaded)
+                if error:
+                    raise AlreadyExists(f"job {spec.job_id!r} exists, but {error}; delete it "
+                                        "first or use another job_id")
         admission.check_memory(spec, job.manifest, self.limits)
         remaining = deadline - time.monotonic()
         if remaining <= 0 or gave_up():
             raise DeadlineExceeded(f"the caller's deadline passed before job {spec.job_id!r}'s "
                                    "scorers were started; nothing was created")
         try:
-            job.pool = ScorerPool(spec, job.manifest, ready_timeout=remaining)
+            job.scorers = JobScorers(spec, job.manifest, ready_timeout=remaining)
         except Internal:
             if time.monotonic() < deadline:
                 raise
@@ -274,7 +346,7 @@ class JobCoordinator:
                 raise DeadlineExceeded(f"the caller gave up while job {spec.job_id!r} was being "
                                        "created; nothing was kept")
             try:
-                self.store.save_spec(spec)
+                self.store.save_spec(spec, job.encoding)
             except OSError as exc:
                 if not resume:
                     self._forget_files(spec.job_id)
@@ -284,8 +356,8 @@ class JobCoordinator:
             with self._lock:
                 self._jobs[spec.job_id] = job
         except BaseException:
-            job.pool.shutdown()
-            job.pool = None
+            job.scorers.shutdown()
+            job.scorers = None
             raise
         return job
 
@@ -328,8 +400,11 @@ class JobCoordinator:
             raise InvalidArgument(
                 f"num_scorers {spec.resources.num_scorers} exceeds the dataset's "
                 f"{len(manifest.shards)} shards; use fewer scorers or smaller shards")
-        return _Job(spec=spec, plan=spec.plan(), manifest=manifest, labels=labels,
-                    proxy_spec=spec_of(proxy))
+        plan = spec.plan()
+        rounds = [Round(index=i, epoch=epoch) for i, epoch in enumerate(plan.select_epochs)]
+        return _Job(spec=spec, plan=plan, manifest=manifest,
+                    encoding=DatasetEncoding.of(manifest), labels=labels,
+                    proxy_spec=spec_of(proxy), rounds=rounds)
 
     def _job(self, job_id: str, touch: bool = True) -> _Job:
         job = self._jobs.get(job_id)
@@ -363,8 +438,8 @@ class JobCoordinator:
             return JobSummary(job_id, quarantined.spec, JobState.FAILED,
                               error=quarantined.error)
         job = self._jobs[job_id]
-        total = len(job.plan.select_epochs)
-        return JobSummary(job_id, job.spec, _state(job), total, len(job.rounds))
+        return JobSummary(job_id, job.spec, _state(job), len(job.rounds),
+                          job.rounds_in(RoundState.DONE))
 
     def _status(self, job: _Job) -> JobStatus:
         return _Snapshot.of(job).status()
@@ -387,10 +462,10 @@ class JobCoordinator:
                 job.deleted = True
             self._changed.notify_all()
         if job is not None:
-            with job.pool_lock:
-                pool, job.pool = job.pool, None
-            if pool is not None:
-                pool.shutdown()
+            with job.scorers_lock:
+                scorers, job.scorers = job.scorers, None
+            if scorers is not None:
+                scorers.shutdown()
         log.info("deleted job %s", job_id)
         return True
 
@@ -404,20 +479,20 @@ class JobCoordinator:
             expired = [i for i, j in self._jobs.items()
                        if expiry > 0 and now - j.last_used > expiry and not j.scoring]
             idle = [j for i, j in self._jobs.items() if i not in expired and ttl > 0
-                    and j.pool is not None and now - j.last_used > ttl and not j.scoring]
+                    and j.scorers is not None and now - j.last_used > ttl and not j.scoring]
         released = []
         for job in idle:
-            if not job.pool_lock.acquire(blocking=False):
+            if not job.scorers_lock.acquire(blocking=False):
                 continue  # its scorers are being started: not idle
             try:
                 with self._lock:
                     if job.scoring or job.deleted or time.monotonic() - job.last_used <= ttl:
                         continue
-                    pool, job.pool = job.pool, None
+                    scorers, job.scorers = job.scorers, None
             finally:
-                job.pool_lock.release()
-            if pool is not None:
-                pool.shutdown()
+                job.scorers_lock.release()
+            if scorers is not None:
+                scorers.shutdown()
                 released.append(job.spec.job_id)
                 log.info("job %s: no RPC for %.0fs, scorers released (the next push starts "
                          "them again)", job.spec.job_id, ttl)
@@ -452,39 +527,36 @@ class JobCoordinator:
         if version < 0:
             raise InvalidArgument(f"version must be >= 0, got {version}")
         try:
-            state = records_to_state(records, job.proxy_spec)
+            state_dict = records_to_state(records, job.proxy_spec)
         except PSPError as exc:
             raise InvalidArgument(f"weights for job {job_id!r}: {exc}") from None
         round_ = _round_of(plan, epoch)
         with self._lock:
-            if round_ in job.rounds:
+            state = job.rounds[round_].state
+            if state is RoundState.DONE:
                 return round_, True
-            if round_ in job.scoring:
+            if state is RoundState.SCORING:
                 return round_, False
-            job.scoring[round_] = version
-            job.failed.pop(round_, None)
+            job.rounds[round_] = job.rounds[round_].scoring(version)
         self.metrics.pushed(job_id, nbytes, version)
-        snapshot = {name: t.numpy() for name, t in state.items()}
-        thread = threading.Thread(target=self._run_round,
-                                  args=(job, round_, epoch, version, snapshot),
-                                  name=f"round-{job_id}-{round_}", daemon=True)
-        self._threads.append(thread)
-        thread.start()
+        snapshot = {name: t.numpy() for name, t in state_dict.items()}
+        self.round_threads.start(f"round-{job_id}-{round_}", self._run_round, job, round_,
+                                 epoch, version, snapshot)
         return round_, False
 
     def _run_round(self, job: _Job, round_: int, epoch: int, version: int,
                    snapshot: dict[str, np.ndarray]) -> None:
         started = time.perf_counter()
         try:
-            with job.pool_lock:  # this job's only: other jobs start and stop meanwhile
-                if job.pool is None and not job.deleted:
-                    job.pool = ScorerPool(job.spec, job.manifest,
-                                          ready_timeout=self.limits.placement_timeout)
-            if job.pool is None:
+            with job.scorers_lock:  # this job's only: other jobs start and stop meanwhile
+                if job.scorers is None and not job.deleted:
+                    job.scorers = JobScorers(job.spec, job.manifest,
+                                             ready_timeout=self.limits.placement_timeout)
+                scorers = job.scorers
+            if scorers is None:
                 return
-            ref = ray.put(snapshot)
             policy = job.spec.policy
-            scored = job.pool.score(ref, policy.margin_mode)
+            scored = scorers.score(snapshot, policy.margin_mode)
             ratio = job.plan[epoch].size / job.plan.num_samples
             chosen = select(scored.margins, job.labels, ratio=min(1.0, ratio),
                             per_class=policy.per_class)
@@ -499,20 +571,18 @@ class JobCoordinator:
         except Exception as exc:  # noqa: BLE001 - reported to waiters and logs
             log.exception("job %s round %d failed", job.spec.job_id, round_)
             with self._lock:
-                job.scoring.pop(round_, None)
-                job.failed[round_] = str(exc)
+                job.rounds[round_] = job.rounds[round_].failed(str(exc))
                 self._changed.notify_all()
             return
-        with job.pool_lock, self._lock:
-            job.rounds[round_] = result
-            job.scoring.pop(round_, None)
-            finished = len(job.rounds) == len(job.plan.select_epochs)
-            pool, job.pool = (job.pool, None) if finished else (None, job.pool)
+        with job.scorers_lock, self._lock:
+            job.rounds[round_] = job.rounds[round_].done(result)
+            released, job.scorers = ((job.scorers, None) if job.finished
+                                     else (None, job.scorers))
             self._changed.notify_all()
-        if pool is not None:
+        if released is not None:
             # Every round is selected: give the scorers' CPUs/GPUs back to the cluster
             # (a re-push for a done round needs none; a restored job starts them lazily).
-            pool.shutdown()
+            released.shutdown()
             log.info("job %s: all %d rounds selected, scorers released", job.spec.job_id,
                      len(job.rounds))
         per_class = np.bincount(job.labels[chosen], minlength=job.manifest.fingerprint.num_classes)
@@ -543,22 +613,21 @@ class JobCoordinator:
                 canonical, round_, version = None, -1, -1
             else:
                 round_ = _round_of(job.plan, epoch)
-                while round_ not in job.rounds:
+                while (current := job.rounds[round_]).state is not RoundState.DONE:
                     if job.deleted:
                         raise NotFound(f"job {job_id!r} was deleted")
-                    if round_ in job.failed:
-                        raise RoundFailed(f"round {round_} failed: {job.failed[round_]}; push the "
+                    if current.state is RoundState.FAILED:
+                        raise RoundFailed(f"round {round_} failed: {current.error}; push the "
                                        "weights again to retry")
-                    if round_ not in job.scoring:
-                        select_epoch = job.plan.select_epochs[round_]
+                    if current.state is RoundState.WAITING:
                         raise WeightsNotPushed(
                             f"no weights pushed yet for round {round_} (epoch {epoch}); push "
-                            f"the PSP weights for epoch {select_epoch} first")
+                            f"the PSP weights for epoch {current.epoch} first")
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise DeadlineExceeded(f"round {round_} is still scoring")
                     self._changed.wait(remaining)
-                result = job.rounds[round_]
+                result = current.result
                 canonical, version = result.indices, result.weights_version
             order = job.orders.get(epoch)
         if order is None:
@@ -579,8 +648,8 @@ class JobCoordinator:
             jobs = list(self._jobs.values())
             self._changed.notify_all()
         for job in jobs:
-            if job.pool is not None:
-                job.pool.shutdown()
+            if job.scorers is not None:
+                job.scorers.shutdown()
 
 
 def _check_input_shape(proxy: torch.nn.Module, architecture: str,
@@ -596,6 +665,20 @@ def _check_input_shape(proxy: torch.nn.Module, architecture: str,
                               f"samples of shape {list(shape)}: {reason}") from None
 
 
+def _restore_rounds(job: _Job, loaded: LoadedJob) -> str:
+    """Take back a persisted job's rounds into ``job`` (freshly prepared from its spec);
+    returns why they cannot be, or "" when they were."""
+    if loaded.encoding is not None:  # None: saved before encodings were kept
+        changed = loaded.encoding.differences(job.encoding)
+        if changed:  # the dataset was rewritten under the job: not the same job any more
+            return f"its dataset changed since the job was created ({'; '.join(changed)})"
+    for index, result in loaded.rounds.items():
+        if not 0 <= index < len(job.rounds):
+            return f"saved round {index} is not in its plan of {len(job.rounds)} rounds"
+        job.rounds[index] = job.rounds[index].done(result)
+    return ""
+
+
 def _quarantine_message(q: _Quarantined) -> str:
     retry = ("fix what it needs and CreateJob it again with the same spec, or delete it"
              if q.retryable else "delete it and create it again")
@@ -603,9 +686,9 @@ def _quarantine_message(q: _Quarantined) -> str:
 
 
 def _state(job: _Job) -> str:
-    if job.pool is not None:
+    if job.scorers is not None:
         return JobState.ACTIVE
-    if len(job.rounds) == len(job.plan.select_epochs):
+    if job.finished:
         return JobState.FINISHED
     return JobState.IDLE
 
@@ -615,38 +698,33 @@ class _Snapshot:
     """What a job's status needs, copied under the lock so the (long) rest runs outside."""
 
     job: _Job
-    rounds: dict[int, RoundResult]
-    scoring: dict[int, int]
-    failed: dict[int, str]
+    rounds: list[Round]  # immutable records: a copy of the list is a consistent view
     state: str
     names: list[str]
     infos: list[dict]
 
     @classmethod
     def of(cls, job: _Job) -> _Snapshot:
-        pool = job.pool
-        return cls(job, dict(job.rounds), dict(job.scoring), dict(job.failed), _state(job),
-                   list(pool.names) if pool else [], list(pool.infos) if pool else [])
+        scorers = job.scorers
+        return cls(job, list(job.rounds), _state(job),
+                   list(scorers.names) if scorers else [], list(scorers.infos) if scorers else [])
 
     def status(self) -> JobStatus:
         job = self.job
-        rounds = []
-        for epoch in job.plan.select_epochs:
-            r = _round_of(job.plan, epoch)
-            if r in self.rounds:
-                res = self.rounds[r]
-                rounds.append(RoundStatus(r, epoch, "done", res.weights_version,
-                                          len(res.indices), res.seconds))
-            elif r in self.scoring:
-                rounds.append(RoundStatus(r, epoch, "scoring", self.scoring[r]))
-            elif r in self.failed:
-                rounds.append(RoundStatus(r, epoch, "failed", error=self.failed[r]))
-            else:
-                rounds.append(RoundStatus(r, epoch, "waiting"))
+        rounds = [_round_status(r) for r in self.rounds]
         infos = [{"name": n, **i} for n, i in zip(self.names, self.infos, strict=False)]
-        summary = JobSummary(job.spec.job_id, job.spec, self.state, len(rounds),
-                             len(self.rounds))
+        done = sum(r.state is RoundState.DONE for r in self.rounds)
+        summary = JobSummary(job.spec.job_id, job.spec, self.state, len(rounds), done)
         return JobStatus(job.spec, job.plan, rounds, self.names, infos, summary)
+
+
+def _round_status(r: Round) -> RoundStatus:
+    if r.state is RoundState.DONE:
+        return RoundStatus(r.index, r.epoch, r.state, r.weights_version, len(r.result.indices),
+                           r.result.seconds)
+    if r.state is RoundState.FAILED:
+        return RoundStatus(r.index, r.epoch, r.state, error=r.error)
+    return RoundStatus(r.index, r.epoch, r.state, r.weights_version)
 
 
 def _round_of(plan: Plan, epoch: int) -> int:

@@ -1,8 +1,9 @@
 """Scorer actors: each streams its shard group's samples and scores PSP snapshots.
 
-``ScorerPool`` is the local facade over a job's K named actors
-(``dynams:<job>:scorer:<i>``): it creates them, fans a snapshot out, merges the results
-and turns Ray failures into the service's own errors.
+``JobScorers`` is the local facade over one job's K named actors
+(``dynams:<job>:scorer:<i>``): it creates them, puts a numpy snapshot of the weights in
+Ray's object store, fans it out, merges the results and turns Ray failures into the
+service's own errors. Nothing Ray-specific crosses it: callers pass and get numpy.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..core.shards import DatasetManifest, ShardError, shard_groups
 from ..core.stream import ShardStream
 from .errors import Internal
 
-__all__ = ["ScorerActor", "ScorerPool", "scorer_name", "ScoredShards"]
+__all__ = ["ScorerActor", "JobScorers", "scorer_name", "ScoredShards"]
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class ScoredShards:
     seconds: float
 
 
-class ScorerPool:
+class JobScorers:
     """The K named scorer actors of one job, behind a local facade.
 
     With several scorers, a placement group with the SPREAD strategy puts them on
@@ -165,11 +166,13 @@ class ScorerPool:
             int(max(1, res.num_cpus)), res.cache_bytes, tuple(plugin_modules())),
             self.names[i])
 
-    def score(self, snapshot_ref: ray.ObjectRef, mode: str,
+    def score(self, snapshot: dict[str, np.ndarray], mode: str,
               timeout: float = 3600) -> ScoredShards:
-        """Fan the snapshot out to every scorer and merge margins by index."""
+        """Score every row with the snapshot's weights (name → numpy array); margins are
+        merged by dataset index. Raises ``Internal`` on a timeout or a failed scorer."""
         started = time.perf_counter()
         deadline = time.monotonic() + timeout
+        snapshot_ref = ray.put(snapshot)  # stored once, read by every scorer
         pending = {a.score.remote(snapshot_ref, mode): i for i, a in enumerate(self.actors)}
         recreated = [0] * len(self.actors)
         results = {}

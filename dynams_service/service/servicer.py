@@ -12,8 +12,10 @@ from pydantic import ValidationError
 
 from ..proto.dynams.v1 import selector_pb2_grpc
 from ..protocol import (
+    JOB_STATES,
     MAX_WORLD_SIZE,
     REASON_KEY,
+    ROUND_STATES,
     ProtocolError,
     chunks_to_push,
     pb,
@@ -21,7 +23,7 @@ from ..protocol import (
     spec_from_proto,
     spec_to_proto,
 )
-from .coordinator import JobCoordinator, JobState, JobStatus, JobSummary
+from .coordinator import JobCoordinator, JobStatus, JobSummary, RoundState
 from .decoding import UndecodableRequest
 from .errors import InvalidArgument, SelectorError
 
@@ -30,10 +32,6 @@ __all__ = ["SelectorServicer"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_ROUND_STATES = {"waiting": pb.ROUND_STATE_WAITING_FOR_WEIGHTS, "scoring": pb.ROUND_STATE_SCORING,
-                 "done": pb.ROUND_STATE_DONE, "failed": pb.ROUND_STATE_FAILED}
-_JOB_STATES = {JobState.ACTIVE: pb.JOB_STATE_ACTIVE, JobState.IDLE: pb.JOB_STATE_IDLE,
-               JobState.FINISHED: pb.JOB_STATE_FINISHED, JobState.FAILED: pb.JOB_STATE_FAILED}
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
@@ -91,13 +89,13 @@ def job_to_proto(status: JobStatus, dashboard_url: str = "") -> pb.Job:
     summary = status.summary
     return pb.Job(
         dashboard_url=dashboard_url,
-        state=_JOB_STATES[summary.state] if summary else pb.JOB_STATE_UNSPECIFIED,
+        state=JOB_STATES[summary.state] if summary else pb.JOB_STATE_UNSPECIFIED,
         rounds_total=len(status.rounds),
-        rounds_done=sum(r.state == "done" for r in status.rounds),
+        rounds_done=sum(r.state is RoundState.DONE for r in status.rounds),
         scorer_status=[pb.ScorerStatus(**info) for info in status.scorer_infos],
         spec=spec_to_proto(status.spec), epoch_sizes=status.plan.sizes,
         fraction_trained=status.plan.fraction_trained, scorers=status.scorers,
-        rounds=[pb.RoundStatus(round=r.round, epoch=r.epoch, state=_ROUND_STATES[r.state],
+        rounds=[pb.RoundStatus(round=r.round, epoch=r.epoch, state=ROUND_STATES[r.state.value],
                                weights_version=r.weights_version, selected=r.selected,
                                seconds=r.seconds, error=r.error) for r in status.rounds],
     )
@@ -107,7 +105,7 @@ def summary_to_proto(summary: JobSummary, dashboard_url: str = "") -> pb.Job:
     """A ListJobs entry: spec, state and counts only, so its size does not grow with epochs."""
     spec = (spec_to_proto(summary.spec) if summary.spec is not None
             else pb.JobSpec(job_id=summary.job_id))
-    return pb.Job(spec=spec, state=_JOB_STATES[summary.state], error=_short(summary.error),
+    return pb.Job(spec=spec, state=JOB_STATES[summary.state], error=_short(summary.error),
                   rounds_total=summary.rounds_total, rounds_done=summary.rounds_done,
                   dashboard_url=dashboard_url)
 

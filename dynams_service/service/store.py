@@ -22,11 +22,13 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from ..core.job import JobSpec
+from .dataset_identity import DatasetEncoding
 
 __all__ = ["RoundResult", "StateStore", "LoadedJob"]
 
 log = logging.getLogger(__name__)
 _TOMBSTONE = ".deleted-"
+_ENCODING = "dataset.json"
 
 
 @dataclass(frozen=True)
@@ -49,10 +51,16 @@ class LoadedJob:
     spec: JobSpec | None
     rounds: dict[int, RoundResult]
     error: str = ""  # set when the job's files are unreadable (the job is quarantined)
+    encoding: DatasetEncoding | None = None  # None: saved by a release that kept none
 
 
 class StateStore:
-    """Reads and writes ``<state_dir>/jobs/<job_id>/{spec.json, round-NNNNN.arrow}``."""
+    """Reads and writes ``<state_dir>/jobs/<job_id>/{spec.json, dataset.json,
+    round-NNNNN.arrow}``.
+
+    ``dataset.json`` (the dataset's encoding when the job was created) is optional on
+    reading: jobs saved before it existed load without it.
+    """
 
     def __init__(self, state_dir: str | Path) -> None:
         self.root = Path(state_dir).expanduser().resolve()
@@ -61,10 +69,14 @@ class StateStore:
     def _job_dir(self, job_id: str) -> Path:
         return self.root / "jobs" / job_id
 
-    def save_spec(self, spec: JobSpec) -> None:
-        self._job_dir(spec.job_id).mkdir(parents=True, exist_ok=True)
-        _atomic_write(self._job_dir(spec.job_id) / "spec.json",
-                      spec.model_dump_json(indent=2).encode())
+    def save_spec(self, spec: JobSpec, encoding: DatasetEncoding | None = None) -> None:
+        """Save a job's spec and, if given, its dataset's encoding (written first: a job
+        is only loaded once its spec exists)."""
+        job_dir = self._job_dir(spec.job_id)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        if encoding is not None:
+            _atomic_write(job_dir / _ENCODING, encoding.model_dump_json(indent=2).encode())
+        _atomic_write(job_dir / "spec.json", spec.model_dump_json(indent=2).encode())
 
     def save_round(self, job_id: str, result: RoundResult) -> None:
         table = pa.table({"index": pa.array(result.indices, pa.int64()),
@@ -130,6 +142,13 @@ class StateStore:
         if spec.job_id != job_dir.name:
             return LoadedJob(job_dir.name, None, {}, f"spec.json names job {spec.job_id!r}, "
                                                      f"its directory {job_dir.name!r}")
+        encoding = None
+        if (job_dir / _ENCODING).exists():
+            try:
+                encoding = DatasetEncoding.model_validate_json((job_dir / _ENCODING).read_bytes())
+            except (OSError, ValueError) as exc:
+                return LoadedJob(job_dir.name, spec, {},
+                                 f"unreadable {_ENCODING}: {_first_line(exc)}")
         rounds = {}
         for path in sorted(job_dir.glob("round-*.arrow")):
             try:
@@ -138,7 +157,7 @@ class StateStore:
                 return LoadedJob(job_dir.name, spec, {},
                                  f"unreadable {path.name}: {_first_line(exc)}")
             rounds[result.round] = result
-        return LoadedJob(job_dir.name, spec, rounds)
+        return LoadedJob(job_dir.name, spec, rounds, encoding=encoding)
 
 
 def _first_line(exc: BaseException, limit: int = 300) -> str:

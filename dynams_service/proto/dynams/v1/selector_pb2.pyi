@@ -52,7 +52,6 @@ class SelectionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SELECTION_KIND_UNSPECIFIED: _ClassVar[SelectionKind]
     SELECTION_KIND_FULL: _ClassVar[SelectionKind]
     SELECTION_KIND_SUBSET: _ClassVar[SelectionKind]
-    SELECTION_KIND_FALLBACK: _ClassVar[SelectionKind]
 MARGIN_MODE_UNSPECIFIED: MarginMode
 MARGIN_MODE_DISTANCE: MarginMode
 MARGIN_MODE_SIGNED: MarginMode
@@ -78,7 +77,6 @@ JOB_STATE_FAILED: JobState
 SELECTION_KIND_UNSPECIFIED: SelectionKind
 SELECTION_KIND_FULL: SelectionKind
 SELECTION_KIND_SUBSET: SelectionKind
-SELECTION_KIND_FALLBACK: SelectionKind
 
 class Fingerprint(_message.Message):
     __slots__ = ("num_samples", "num_classes", "labels_sha256")
