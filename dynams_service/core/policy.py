@@ -75,9 +75,9 @@ class Plan(BaseModel):
 class SelectionPolicy(BaseModel):
     """How DynaMS selects: budget, schedule, margin mode, class balance, staleness.
 
-    Defaults follow the quality benchmark (benchmarks/quality.py, README): distance
-    margins, global selection, one warm-up epoch, a new selection every epoch, a constant
-    ratio and pipelined staleness.
+    Defaults follow the quality benchmark (benchmarks/quality.py, docs/benchmarks.md):
+    distance margins, global selection, one warm-up epoch, a new selection every epoch, a
+    constant ratio and pipelined staleness.
 
     Example:
         >>> policy = SelectionPolicy(ratio=0.3, warmup_epochs=1, interval_epochs=2)

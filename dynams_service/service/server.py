@@ -1,7 +1,7 @@
 """The selector's gRPC server: wiring of servicer, health, reflection, auth and TLS.
 
 Hosted in the process that runs ``dynams serve`` (the Ray driver). Jobs and rounds are
-on disk, so a restarted server resumes them; see the README's threat model for exposure.
+on disk, so a restarted server resumes them; see docs/service.md#threat-model for exposure.
 """
 
 from __future__ import annotations
