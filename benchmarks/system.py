@@ -35,6 +35,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from ddp_example import first_n_shards, read_output  # noqa: E402 - after the path insert
+
 
 def _ray_env(work: Path) -> dict[str, str]:
     token = work / "ray-token"
@@ -65,15 +67,14 @@ class Selector:
 
 def run_training(work: Path, name: str, shards: str, args: list[str]) -> dict:
     """One torchrun job of examples/train_ddp.py; returns its summary plus process wall."""
-    summary = work / f"{name}.json"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node=2", str(ROOT / "examples" / "train_ddp.py"),
-               "--shards", shards, "--summary", str(summary), *args]
+               "--shards", shards, *args]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=_ray_env(work))
     if result.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    out = json.loads(summary.read_text())
+    out = read_output(result.stdout)
     out["process_wall_seconds"] = time.perf_counter() - started
     print(f"  {name}: accuracy {out['test_accuracy']:.4f}, train {out['train_seconds']:.1f}s, "
           f"blocked {out['blocked_seconds']:.2f}s, process {out['process_wall_seconds']:.1f}s",
@@ -85,7 +86,7 @@ def end_to_end(work: Path, shards: str, epochs: int, max_samples: int | None,
                seed: int = 0) -> dict:
     common = ["--epochs", str(epochs), "--seed", str(seed)]
     if max_samples:
-        common += ["--max-samples", str(max_samples)]
+        shards = str(first_n_shards(shards, max_samples, work / f"first-{max_samples}"))
     runs = {"full": run_training(work, "full", shards, [*common, "--full"])}
     selector = Selector(work)
     try:
@@ -169,14 +170,13 @@ def scoring(work: Path, data_dir: str, samples: int, repeats: int) -> dict:
 def agreement(work: Path, shards: str, data_dir: str, epochs: int, max_samples: int,
               seeds: list[int]) -> dict:
     """The default DynaMS config via the service (2 ranks) vs in-process quality.py."""
-    service = []
+    service, shards = [], str(first_n_shards(shards, max_samples, work / f"first-{max_samples}"))
     selector = Selector(work)
     try:
         for seed in seeds:
             r = run_training(work, f"agree-service-{seed}", shards,
                              ["--selector", selector.address, "--ratio", "0.3", "--epochs",
-                              str(epochs), "--seed", str(seed), "--max-samples",
-                              str(max_samples), "--staleness", "sync",
+                              str(epochs), "--seed", str(seed), "--staleness", "sync",
                               "--job-id", f"agree-{seed}-{int(time.time())}"])
             service.append(r["test_accuracy"])
     finally:

@@ -1,8 +1,8 @@
 """`make demo`: the selector on a local Ray and a 2-rank gloo DDP job on Fashion-MNIST.
 
 Starts ``dynams serve`` (an embedded local Ray), runs ``examples/train_ddp.py`` against it
-under torchrun, streams its progress, and ends with a short table. Flags are passed
-through to the trainer after ``--``.
+under torchrun, streams its progress (a JSON line per epoch), and ends with a short table
+built from those lines. Flags are passed through to the trainer after ``--``.
 """
 
 from __future__ import annotations
@@ -48,19 +48,25 @@ def main() -> int:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={args.nproc}", str(HERE / "train_ddp.py"), "--selector",
                address, "--shards", args.shards, "--ratio", str(args.ratio), "--epochs",
-               str(args.epochs), "--summary", str(work / "summary.json"), *args.extra]
+               str(args.epochs), *args.extra]
     print("running:", " ".join(command[2:]), flush=True)
-    started = time.perf_counter()
+    started, lines = time.perf_counter(), []
     try:
-        result = subprocess.run(command)
+        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as trainer:
+            for line in trainer.stdout:  # shown as it comes; rank 0's JSON lines kept
+                print(line, end="", flush=True)
+                if line.startswith("{"):
+                    lines.append(json.loads(line))
     finally:
         selector.terminate()
         selector.wait(timeout=120)
     wall = time.perf_counter() - started
-    if result.returncode != 0:
-        print(f"demo: the training job failed (exit {result.returncode})", file=sys.stderr)
-        return result.returncode
-    s = json.loads((work / "summary.json").read_text())
+    if trainer.returncode != 0 or not lines or "epoch" in lines[-1]:
+        print(f"demo: the training job failed (exit {trainer.returncode})", file=sys.stderr)
+        return trainer.returncode or 1
+    epochs, s = lines[:-1], lines[-1]  # every epoch, then the run's outcome
+    s["train_seconds"] = sum(e["train_seconds"] for e in epochs)
+    s["blocked_seconds"] = sum(e["blocked_seconds"] for e in epochs)
     rows = [
         ("test accuracy", f"{s['test_accuracy']:.4f}"),
         ("fraction of data trained", f"{s['fraction_trained']:.3f} "
@@ -73,8 +79,8 @@ def main() -> int:
         ("Ray dashboard (while it ran)", dashboard),
     ]
     width = max(len(k) for k, _ in rows)
-    print(f"\nDynaMS on Fashion-MNIST, {s['world_size']} DDP ranks, {s['num_samples']} samples, "
-          f"{len(s['epochs'])} epochs")
+    print(f"\nDynaMS on Fashion-MNIST, {args.nproc} DDP ranks, {epochs[0]['samples']} samples "
+          f"in epoch 0, {len(epochs)} epochs")
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
     return 0

@@ -3,10 +3,10 @@ and trained by two real gloo ranks (torchrun)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
+from benchmarks.ddp_example import read_output
 from dynams_service import read_manifest
 
 from .test_ddp import finish, torchrun
@@ -21,15 +21,13 @@ def test_resnet18_on_jpeg_shards_two_ranks(server_factory, tmp_path, jpeg_shards
     shutil.copytree(jpeg_shards[0], root / "train")
     write_encoded_shards(str(root / "test"), jpeg_items(200, size=32, channels=3, split="test"),
                          size=(3, 32, 32), num_classes=10, stats_from=jpeg_shards[1])
-    summary = tmp_path / "summary.json"
     server = server_factory(state_dir=tmp_path / "state")
     out = finish(torchrun(["--selector", server.address, "--arch", "cifar-resnet18",
                            "--shards", str(root),
                            "--epochs", "3", "--ratio", "0.3", "--scorers", "2",
-                           "--batch-size", "50", "--job-id", "resnet-jpeg",
-                           "--summary", str(summary)],
+                           "--batch-size", "50", "--job-id", "resnet-jpeg"],
                           cwd=tmp_path), timeout=600)
-    result = json.loads(summary.read_text())
+    result = read_output(out)
     kinds = [e["kind"] for e in result["epochs"]]
     assert kinds == ["full", "subset", "subset"], out  # both rounds answered, no fallback
     assert result["fallback_epochs"] == []
