@@ -7,12 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dynams_service import build_proxy, decode_samples, export_psp, margins, read_shards, score
+from dynams_service import build_proxy, export_psp
 from dynams_service.core import scores as scores_module
+from dynams_service.core.margin import margins
 from dynams_service.core.registry import UnknownName
 from dynams_service.core.scores import ScoringProxy, get_score, register_score, scores
-from dynams_service.core.scoring import score_batches
+from dynams_service.core.scoring import score, score_batches
 from dynams_service.core.selection import select
+from dynams_service.core.shards import decode_samples, read_shards
 
 
 @pytest.fixture(scope="module")
