@@ -41,7 +41,9 @@ FLAGS = [("--shards", str, "data/fashion-mnist", "holds train/ and test/ shards"
          ("--summary", Path, None, "JSON summary (rank 0)"), ("--checkpoint", Path, None, None),
          ("--checkpoint-every", int, 50, "steps between checkpoints"),
          ("--staleness", str, POLICY["staleness"].default, "sync or pipelined"),
-         ("--class-balance", str, POLICY["class_balance"].default, "global or per_class")]
+         ("--class-balance", str, POLICY["class_balance"].default, "global or per_class"),
+         ("--score", str, POLICY["score"].default,
+          "lower kept first: distance, signed, loss, el2n or the operator's")]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,7 +93,8 @@ def open_sampler(args: argparse.Namespace, uri: str) -> DynaMSSampler:
         dist.broadcast_object_list(job_id, src=0)  # every rank names the same job
     policy = dms.SelectionPolicy(ratio=args.ratio, warmup_epochs=args.warmup_epochs,
                                  interval_epochs=args.interval_epochs, seed=args.seed,
-                                 staleness=args.staleness, class_balance=args.class_balance)
+                                 staleness=args.staleness, class_balance=args.class_balance,
+                                 score=args.score)
     spec = dms.JobSpec(job_id=job_id[0], dataset_uri=uri, policy=policy, epochs=args.epochs,
                        fingerprint=dms.read_manifest(uri).fingerprint,
                        proxy=dms.ProxySpec(architecture=args.arch, width=args.width),
