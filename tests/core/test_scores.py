@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dynams_service import build_proxy, export_psp
 from dynams_service.core import scores as scores_module
 from dynams_service.core.margin import margins
+from dynams_service.core.proxy import build_proxy, export_psp
 from dynams_service.core.registry import UnknownName
 from dynams_service.core.scores import ScoringProxy, get_score, register_score, scores
 from dynams_service.core.scoring import score, score_batches
@@ -69,7 +69,7 @@ def test_distance_keeps_samples_nearest_a_boundary(data):
     assert (s >= 0).all()
     top2 = logits.topk(2, dim=1).values
     gap = top2[:, 0] - top2[:, 1]
-    kept = select(s, y, 0.3)
+    kept = select(s, y, ratio=0.3)
     assert gap[kept].mean() < 0.5 * gap.mean()  # kept first: the least confident
 
 
@@ -87,7 +87,7 @@ def test_loss_is_negated_cross_entropy(data):
     ce = F.cross_entropy(logits, y, reduction="none")
     torch.testing.assert_close(s, -ce, atol=1e-5, rtol=1e-5)
     assert (s <= 0).all()
-    kept = torch.as_tensor(select(s, y, 0.3, per_class=False))
+    kept = torch.as_tensor(select(s, y, ratio=0.3))
     rest = torch.ones(len(y), dtype=torch.bool)
     rest[kept] = False
     assert ce[kept].min() >= ce[rest].max()  # the hardest 30 %, by the proxy's loss
@@ -102,7 +102,7 @@ def test_el2n_is_negated_error_norm(data):
     torch.testing.assert_close(s.double(), -reference, atol=1e-5, rtol=1e-5)
     assert (s <= 0).all() and (s >= -(2 ** 0.5)).all()
     wrong = logits.argmax(1) != y
-    kept = torch.as_tensor(select(s, y, 0.3, per_class=False))
+    kept = torch.as_tensor(select(s, y, ratio=0.3))
     assert wrong[kept].float().mean() > 2 * wrong.float().mean()  # errors come first
 
 

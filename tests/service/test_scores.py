@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from dynams_service import build_proxy, export_psp
 from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.core.proxy import build_proxy, export_psp
 from dynams_service.core.scoring import score
 from dynams_service.core.selection import select
 from dynams_service.core.shards import decode_samples, read_shards
@@ -56,10 +56,10 @@ def test_operator_score_loads_with_models_flag_and_selects(tmp_path, ray_cluster
         with torch.inference_mode():
             true_logit = torch.cat([proxy(x[s:s + 256]).gather(1, y[s:s + 256, None])
                                     for s in range(0, len(x), 256)]).squeeze(1)
-        expected = select(true_logit.numpy(), rows.labels, 0.3, per_class=False)
+        expected = select(true_logit.numpy(), rows.labels, ratio=0.3)
         assert len(chosen) == 1200
         assert np.array_equal(chosen, expected)
-        by_margin = select(score(proxy, x).numpy(), rows.labels, 0.3, per_class=False)
+        by_margin = select(score(proxy, x).numpy(), rows.labels, ratio=0.3)
         assert not np.array_equal(chosen, by_margin)  # the name really chose the score
         client.close()
     finally:
