@@ -322,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="PEM certificate chain for TLS (with --tls-key)")
     serve.add_argument("--tls-key", help="PEM private key for TLS (with --tls-cert)")
     serve.add_argument("--models", action="append", default=[], metavar="MODULE",
-                       help="module whose import registers architectures (repeatable)")
+                       help="module whose import registers architectures, decoders or scores "
+                            "(repeatable)")
     limits = serve.add_argument_group("limits", "what clients may ask of this selector")
     limits.add_argument("--max-jobs", type=_positive_int, default=16,
                         help="jobs held at once (default: 16)")

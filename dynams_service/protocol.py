@@ -56,6 +56,8 @@ WEIGHTS_NOT_PUSHED = "WEIGHTS_NOT_PUSHED"  # FAILED_PRECONDITION: push the round
 ROUND_FAILED = "ROUND_FAILED"  # INTERNAL: the round failed on the server (scorer error,
 # corrupt sample, bad config), as opposed to a selector that cannot be reached
 
+# Policy.score on the wire, and margin_mode beside it for peers that predate it (see the
+# comment on MarginMode in selector.proto): any score but these two is MARGIN_MODE_NAMED.
 _MARGIN = {"distance": pb.MARGIN_MODE_DISTANCE, "signed": pb.MARGIN_MODE_SIGNED}
 _BALANCE = {"per_class": pb.CLASS_BALANCE_PER_CLASS, "global": pb.CLASS_BALANCE_GLOBAL}
 _SCHEDULE = {"constant": pb.RATIO_SCHEDULE_CONSTANT, "power": pb.RATIO_SCHEDULE_POWER}
@@ -105,7 +107,8 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
         proxy=pb.ProxySpec(architecture=spec.proxy.architecture, width=spec.proxy.width),
         policy=pb.Policy(
             ratio=p.ratio, warmup_epochs=p.warmup_epochs, interval_epochs=p.interval_epochs,
-            anneal_epochs=p.anneal_epochs, margin_mode=_MARGIN[p.margin_mode],
+            anneal_epochs=p.anneal_epochs, score=p.score,
+            margin_mode=_margin_mode_of(p.score),
             class_balance=_BALANCE[p.class_balance],
             ratio_schedule=_SCHEDULE[p.ratio_schedule], power_exponent=p.power_exponent,
             seed=p.seed, staleness=_STALENESS[p.staleness],
@@ -122,8 +125,10 @@ def spec_from_proto(message: pb.JobSpec) -> JobSpec:
                     "seed": p.seed}
     if p.power_exponent:
         policy["power_exponent"] = p.power_exponent
-    for key, table, value in (("margin_mode", _MARGIN, p.margin_mode),
-                              ("class_balance", _BALANCE, p.class_balance),
+    score = _score_from_proto(p)
+    if score is not None:
+        policy["score"] = score
+    for key, table, value in (("class_balance", _BALANCE, p.class_balance),
                               ("ratio_schedule", _SCHEDULE, p.ratio_schedule),
                               ("staleness", _STALENESS, p.staleness)):
         name = _enum_from_proto(table, value, f"policy.{key}")
@@ -144,6 +149,27 @@ def spec_from_proto(message: pb.JobSpec) -> JobSpec:
         policy=SelectionPolicy(**policy),
         resources=ScorerResources(**resources),
     )
+
+
+def _margin_mode_of(score: str) -> int:
+    """What ``margin_mode`` says of a score, for peers that predate ``Policy.score``."""
+    return _MARGIN.get(score, pb.MARGIN_MODE_NAMED)
+
+
+def _score_from_proto(p: pb.Policy) -> str | None:
+    """``policy.score``, or the score ``margin_mode`` names (older clients); None: default."""
+    if p.margin_mode not in (pb.MARGIN_MODE_UNSPECIFIED, *_MARGIN.values(),
+                             pb.MARGIN_MODE_NAMED):
+        raise ProtocolError(f"policy.margin_mode: unknown enum value {p.margin_mode}")
+    if p.score:
+        if p.margin_mode not in (pb.MARGIN_MODE_UNSPECIFIED, _margin_mode_of(p.score)):
+            raise ProtocolError(f"policy.margin_mode {pb.MarginMode.Name(p.margin_mode)} "
+                                f"contradicts policy.score {p.score[:128]!r}; set only score")
+        return p.score
+    if p.margin_mode == pb.MARGIN_MODE_NAMED:
+        raise ProtocolError("policy.margin_mode is MARGIN_MODE_NAMED but policy.score is "
+                            "empty; name the score")
+    return _enum_from_proto(_MARGIN, p.margin_mode, "policy.margin_mode")
 
 
 def records_to_chunks(job_id: str, version: int, epoch: int, records: Iterable[TensorRecord],

@@ -232,7 +232,7 @@ def architectures() -> list[str]:
 
 
 def load_model_modules(modules: Sequence[str]) -> None:
-    """Import operator-named modules whose import registers architectures or decoders."""
+    """Import operator-named modules whose import registers architectures, decoders or scores."""
     load_plugin_modules(modules)
 
 

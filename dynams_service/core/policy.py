@@ -7,7 +7,7 @@ its LR schedule and progress bars up front (unlike loaders whose length lags the
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -73,7 +73,13 @@ class Plan(BaseModel):
 
 
 class SelectionPolicy(BaseModel):
-    """How DynaMS selects: budget, schedule, margin mode, class balance, staleness.
+    """How DynaMS selects: budget, schedule, score, class balance, staleness.
+
+    ``score`` names a registered score (``core.scores``; lower = keep first). It is only
+    checked for its form here: a client may name a score that only the selector's
+    operator registered, and the selector refuses unknown names at CreateJob.
+    ``margin_mode`` is still accepted as input for callers that predate ``score``: it
+    sets ``score`` to ``"distance"`` or ``"signed"``.
 
     Defaults follow the quality benchmark (benchmarks/quality.py, docs/benchmarks.md):
     distance margins, global selection, one warm-up epoch, a new selection every epoch, a
@@ -91,7 +97,12 @@ class SelectionPolicy(BaseModel):
     warmup_epochs: int = Field(1, ge=0, description="full-data epochs before the first round")
     interval_epochs: int = Field(1, ge=1, description="epochs each selection is trained on")
     anneal_epochs: int = Field(0, ge=0, description="full-data epochs at the end")
-    margin_mode: Literal["distance", "signed"] = "distance"
+    score: str = Field(
+        "distance", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="registered score to rank by, lower kept first: 'distance' (the "
+        "margin, default), 'signed', 'loss' (negated PSP cross-entropy), 'el2n', or one "
+        "the operator registered",
+    )
     class_balance: Literal["per_class", "global"] = Field(
         "global",
         description="'global': the ⌈r·N⌉ lowest margins overall (the quality benchmark's "
@@ -109,6 +120,22 @@ class SelectionPolicy(BaseModel):
         description="'pipelined' (default): the trainer pushes early so scoring overlaps the "
         "epoch's end; it selects as well as 'sync' (quality benchmark) and nobody waits",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _margin_mode_is_a_score(cls, data: Any) -> Any:
+        """``margin_mode`` (before scores were plug-ins) → ``score``; both must agree."""
+        if not isinstance(data, dict) or "margin_mode" not in data:
+            return data
+        data = dict(data)
+        mode = data.pop("margin_mode")
+        if mode not in ("distance", "signed"):
+            raise ValueError(f"margin_mode must be 'distance' or 'signed' (or name any "
+                             f"registered score in 'score'), got {mode!r}")
+        if data.setdefault("score", mode) != mode:
+            raise ValueError(f"margin_mode {mode!r} contradicts score {data['score']!r}; "
+                             "set only score")
+        return data
 
     @model_validator(mode="after")
     def _power_needs_room(self) -> SelectionPolicy:

@@ -1,6 +1,6 @@
 """A name → factory registry: how operators extend the selector (clients only name things).
 
-Architectures, decoders (and scores as they come) each keep one ``Registry``; an operator's
+Architectures, decoders and scores each keep one ``Registry``; an operator's
 module registers into them at import time (``dynams serve --models MODULE``), and the
 selector's scorer processes import the same modules, so a name means the same everywhere.
 """

@@ -23,6 +23,7 @@ from ..core.partition import epoch_order, rank_part
 from ..core.policy import EpochKind, Plan
 from ..core.proxy import PSPError, TensorRecord, records_to_state, spec_of
 from ..core.registry import UnknownName
+from ..core.scores import get_score
 from ..core.selection import select
 from ..core.shards import (
     DatasetManifest,
@@ -384,6 +385,10 @@ class JobCoordinator:
         except ValueError as exc:
             raise InvalidArgument(f"proxy width: {exc}") from None
         try:
+            get_score(spec.policy.score)
+        except UnknownName as exc:
+            raise InvalidArgument(f"policy.score: {exc}") from None
+        try:
             manifest, labels = verified_labels(spec.dataset_uri, spec.fingerprint)
         except UnknownName as exc:  # the manifest names a decoder no one registered here
             raise InvalidArgument(f"dataset {spec.dataset_uri}: {exc}") from None
@@ -556,7 +561,7 @@ class JobCoordinator:
             if scorers is None:
                 return
             policy = job.spec.policy
-            scored = scorers.score(snapshot, policy.margin_mode)
+            scored = scorers.score(snapshot, policy.score)
             ratio = job.plan[epoch].size / job.plan.num_samples
             chosen = select(scored.margins, job.labels, ratio=min(1.0, ratio),
                             per_class=policy.per_class)

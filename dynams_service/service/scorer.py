@@ -48,7 +48,7 @@ class ScorerActor:
                  architecture: str, width: float, batch_size: int, threads: int,
                  cache_bytes: int = 0, plugins: tuple[str, ...] = ()) -> None:
         torch.set_num_threads(max(1, threads))
-        load_plugin_modules(plugins)  # the operator's architectures and decoders
+        load_plugin_modules(plugins)  # the operator's architectures, decoders and scores
         manifest = DatasetManifest.model_validate_json(manifest_json)
         gpus = ray.get_gpu_ids()
         if gpus and not torch.cuda.is_available():  # CPU only when the job asks for 0 GPUs
@@ -80,12 +80,12 @@ class ScorerActor:
         return 0
 
     def score(self, snapshot: dict[str, np.ndarray], mode: str) -> tuple[np.ndarray, np.ndarray]:
-        """(indices, margins) of this scorer's rows under the snapshot's weights."""
+        """(indices, scores) of this scorer's rows under the snapshot's weights; ``mode``
+        names a registered score (built-in or from the operator's plug-in modules)."""
         state = {name: torch.from_numpy(np.array(a)) for name, a in snapshot.items()}
         self.proxy.load_state_dict(state, strict=True)
-        signed = mode == "signed"
         batches = ((self.normalize(b.samples.to(self.device, non_blocking=True)),
-                    torch.from_numpy(b.labels) if signed else None) for b in self.stream)
+                    torch.from_numpy(b.labels)) for b in self.stream)
         margins = score_batches(self.proxy, batches, self.stream.num_rows, mode=mode)
         return self.stream.indices, margins.numpy()
 

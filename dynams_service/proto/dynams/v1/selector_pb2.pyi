@@ -12,6 +12,7 @@ class MarginMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MARGIN_MODE_UNSPECIFIED: _ClassVar[MarginMode]
     MARGIN_MODE_DISTANCE: _ClassVar[MarginMode]
     MARGIN_MODE_SIGNED: _ClassVar[MarginMode]
+    MARGIN_MODE_NAMED: _ClassVar[MarginMode]
 
 class ClassBalance(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -55,6 +56,7 @@ class SelectionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 MARGIN_MODE_UNSPECIFIED: MarginMode
 MARGIN_MODE_DISTANCE: MarginMode
 MARGIN_MODE_SIGNED: MarginMode
+MARGIN_MODE_NAMED: MarginMode
 CLASS_BALANCE_UNSPECIFIED: ClassBalance
 CLASS_BALANCE_PER_CLASS: ClassBalance
 CLASS_BALANCE_GLOBAL: ClassBalance
@@ -97,7 +99,7 @@ class ProxySpec(_message.Message):
     def __init__(self, architecture: _Optional[str] = ..., width: _Optional[float] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("ratio", "warmup_epochs", "interval_epochs", "anneal_epochs", "margin_mode", "class_balance", "ratio_schedule", "power_exponent", "seed", "staleness")
+    __slots__ = ("ratio", "warmup_epochs", "interval_epochs", "anneal_epochs", "margin_mode", "class_balance", "ratio_schedule", "power_exponent", "seed", "staleness", "score")
     RATIO_FIELD_NUMBER: _ClassVar[int]
     WARMUP_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +110,7 @@ class Policy(_message.Message):
     POWER_EXPONENT_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     STALENESS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
     ratio: float
     warmup_epochs: int
     interval_epochs: int
@@ -118,7 +121,8 @@ class Policy(_message.Message):
     power_exponent: float
     seed: int
     staleness: Staleness
-    def __init__(self, ratio: _Optional[float] = ..., warmup_epochs: _Optional[int] = ..., interval_epochs: _Optional[int] = ..., anneal_epochs: _Optional[int] = ..., margin_mode: _Optional[_Union[MarginMode, str]] = ..., class_balance: _Optional[_Union[ClassBalance, str]] = ..., ratio_schedule: _Optional[_Union[RatioSchedule, str]] = ..., power_exponent: _Optional[float] = ..., seed: _Optional[int] = ..., staleness: _Optional[_Union[Staleness, str]] = ...) -> None: ...
+    score: str
+    def __init__(self, ratio: _Optional[float] = ..., warmup_epochs: _Optional[int] = ..., interval_epochs: _Optional[int] = ..., anneal_epochs: _Optional[int] = ..., margin_mode: _Optional[_Union[MarginMode, str]] = ..., class_balance: _Optional[_Union[ClassBalance, str]] = ..., ratio_schedule: _Optional[_Union[RatioSchedule, str]] = ..., power_exponent: _Optional[float] = ..., seed: _Optional[int] = ..., staleness: _Optional[_Union[Staleness, str]] = ..., score: _Optional[str] = ...) -> None: ...
 
 class ScorerResources(_message.Message):
     __slots__ = ("num_scorers", "num_cpus", "num_gpus", "batch_size", "cache_bytes")
