@@ -221,12 +221,15 @@ class SelectionPart:
         self._margins = m
         self._indices = idx
         self._labels = y
-        self._keys = order_keys(m)
-        self._ikeys = index_keys(idx)
         self._layouts: dict[bool, _Layout] = {}
 
     def __len__(self) -> int:
         return int(self._indices.size)
+
+    def prepare(self, per_class: bool) -> None:
+        """Sort now for ``per_class`` (else the census does): a scorer calls this at the
+        end of scoring, so the head's passes find the part ready."""
+        self._layout(per_class)
 
     def census(self, per_class: bool) -> Census:
         """Counts and key ranges of this part's non-empty groups (pass 1)."""
@@ -292,19 +295,26 @@ class SelectionPart:
     def _layout(self, per_class: bool) -> _Layout:
         per_class = bool(per_class)
         if per_class not in self._layouts:
+            # Keys are built here and only the sorted copies kept: a scorer holding a large
+            # part pays ~36 bytes per item for the layout on top of its inputs.
+            keys, ikeys = order_keys(self._margins), index_keys(self._indices)
+            ascending = bool(np.all(self._indices[1:] > self._indices[:-1]))
             if per_class:
                 if self._labels is None:
                     raise ValueError("per-class selection needs labels; this part has none")
                 group = self._labels
-                order = np.lexsort((self._ikeys, self._keys, group))
+                order = np.lexsort((ikeys, keys, group))
                 groups, starts = np.unique(group[order], return_index=True)
             else:
-                order = np.lexsort((self._ikeys, self._keys))
+                # Rows in index order (a scorer's stream): a stable sort by value alone is
+                # the (value, index) order, and much cheaper than a two-key lexsort.
+                order = (np.argsort(keys, kind="stable") if ascending
+                         else np.lexsort((ikeys, keys)))
                 groups = np.zeros(1 if order.size else 0, dtype=np.int64)
                 starts = np.zeros(groups.size, dtype=np.int64)
             bounds = np.append(starts, order.size).astype(np.int64)
             self._layouts[per_class] = _Layout(
-                groups.astype(np.int64), bounds, self._keys[order], self._ikeys[order], order)
+                groups.astype(np.int64), bounds, keys[order], ikeys[order], order)
         return self._layouts[per_class]
 
     @staticmethod

@@ -23,7 +23,6 @@ from ..core.partition import epoch_order, rank_part
 from ..core.policy import EpochKind, Plan
 from ..core.proxy import PSPError, TensorRecord, records_to_state, spec_of
 from ..core.registry import UnknownName
-from ..core.selection import select
 from ..core.shards import (
     DatasetManifest,
     DatasetNotFound,
@@ -119,7 +118,6 @@ class _Job:
     plan: Plan
     manifest: DatasetManifest
     encoding: DatasetEncoding  # the dataset's when the job was created: part of its identity
-    labels: np.ndarray
     proxy_spec: dict[str, tuple[str, tuple[int, ...]]]
     rounds: list[Round]  # one per selection round, indexed by round number
     scorers: JobScorers | None = None
@@ -162,8 +160,13 @@ class JobCoordinator:
     """
 
     def __init__(self, store: StateStore, metrics: SelectorMetrics | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None,
+                 scorer_factory: Callable[..., JobScorers] = JobScorers) -> None:
+        """``scorer_factory(spec, manifest, ready_timeout=s)`` starts a job's scorers:
+        ``JobScorers`` itself, or (benchmarks) a ``functools.partial`` of it naming another
+        actor class; an operator's choice, never a client's."""
         self.store = store
+        self.scorer_factory = scorer_factory
         self.metrics = metrics or SelectorMetrics()
         self.limits = limits or Limits()
         self.access = DatasetAccess(self.limits.dataset_roots)
@@ -333,7 +336,7 @@ class JobCoordinator:
             raise DeadlineExceeded(f"the caller's deadline passed before job {spec.job_id!r}'s "
                                    "scorers were started; nothing was created")
         try:
-            job.scorers = JobScorers(spec, job.manifest, ready_timeout=remaining)
+            job.scorers = self.scorer_factory(spec, job.manifest, ready_timeout=remaining)
         except Internal:
             if time.monotonic() < deadline:
                 raise
@@ -384,7 +387,9 @@ class JobCoordinator:
         except ValueError as exc:
             raise InvalidArgument(f"proxy width: {exc}") from None
         try:
-            manifest, labels = verified_labels(spec.dataset_uri, spec.fingerprint)
+            # The labels are checked against the fingerprint and dropped: the scorers hold
+            # them for the selection (the head keeps nothing of size N per job).
+            manifest, _ = verified_labels(spec.dataset_uri, spec.fingerprint)
         except UnknownName as exc:  # the manifest names a decoder no one registered here
             raise InvalidArgument(f"dataset {spec.dataset_uri}: {exc}") from None
         except DatasetNotFound as exc:
@@ -403,7 +408,7 @@ class JobCoordinator:
         plan = spec.plan()
         rounds = [Round(index=i, epoch=epoch) for i, epoch in enumerate(plan.select_epochs)]
         return _Job(spec=spec, plan=plan, manifest=manifest,
-                    encoding=DatasetEncoding.of(manifest), labels=labels,
+                    encoding=DatasetEncoding.of(manifest),
                     proxy_spec=spec_of(proxy), rounds=rounds)
 
     def _job(self, job_id: str, touch: bool = True) -> _Job:
@@ -550,20 +555,18 @@ class JobCoordinator:
         try:
             with job.scorers_lock:  # this job's only: other jobs start and stop meanwhile
                 if job.scorers is None and not job.deleted:
-                    job.scorers = JobScorers(job.spec, job.manifest,
+                    job.scorers = self.scorer_factory(job.spec, job.manifest,
                                              ready_timeout=self.limits.placement_timeout)
                 scorers = job.scorers
             if scorers is None:
                 return
             policy = job.spec.policy
             scored = scorers.score(snapshot, policy.margin_mode)
-            ratio = job.plan[epoch].size / job.plan.num_samples
-            chosen = select(scored.margins, job.labels, ratio=min(1.0, ratio),
-                            per_class=policy.per_class)
-            if len(chosen) != job.plan[epoch].size:
-                raise Internal(f"selected {len(chosen)} samples, the plan says "
-                               f"{job.plan[epoch].size}")
-            result = RoundResult(round_, epoch, version, chosen, scored.margins[chosen],
+            scored_at = time.perf_counter()
+            # The scorers keep the margins: NOTE [ scorers keep their margins ] in scorer.py.
+            selection = scorers.select(job.plan[epoch].size)
+            chosen = selection.indices
+            result = RoundResult(round_, epoch, version, chosen, selection.margins,
                                  time.perf_counter() - started)
             if job.deleted:
                 return
@@ -585,12 +588,12 @@ class JobCoordinator:
             released.shutdown()
             log.info("job %s: all %d rounds selected, scorers released", job.spec.job_id,
                      len(job.rounds))
-        per_class = np.bincount(job.labels[chosen], minlength=job.manifest.fingerprint.num_classes)
         self.metrics.round_done(job.spec.job_id, job.plan.num_samples, scored.seconds,
                                 result.seconds)
-        log.info("job %s round %d (epoch %d, weights v%d): selected %d, per class %s, "
-                 "scoring %.2fs, round %.2fs", job.spec.job_id, round_, epoch, version,
-                 len(chosen), per_class.tolist(), scored.seconds, result.seconds)
+        log.info("job %s round %d (epoch %d, weights v%d): selected %d in %d passes, "
+                 "scoring %.2fs, selecting and saving %.2fs, round %.2fs", job.spec.job_id,
+                 round_, epoch, version, len(chosen), selection.passes, scored.seconds,
+                 time.perf_counter() - scored_at, result.seconds)
 
     # --- answers ----------------------------------------------------------------------
 
