@@ -56,6 +56,7 @@ __all__ = ["JobCoordinator", "Answer", "JobStatus", "JobSummary", "RoundStatus",
            "RoundState"]
 
 log = logging.getLogger(__name__)
+ORDERS_KEPT = 2  # shuffled epoch lists kept per job (this epoch's and the next one's)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class _Job:
     rounds: list[Round]  # one per selection round, indexed by round number
     scorers: JobScorers | None = None
     orders: OrderedDict = field(default_factory=OrderedDict)  # epoch → shuffled list
+    orders_lock: threading.Lock = field(default_factory=threading.Lock)  # builds one order
     deleted: bool = False
     scorers_lock: threading.Lock = field(default_factory=threading.Lock)  # starting/stopping
     last_used: float = field(default_factory=time.monotonic)  # last RPC naming the job
@@ -632,18 +634,36 @@ class JobCoordinator:
                     self._changed.wait(remaining)
                 result = current.result
                 canonical, version = result.indices, result.weights_version
-            order = job.orders.get(epoch)
-        if order is None:
+        order = self._epoch_order(job, epoch, canonical)
+        part = rank_part(order, rank, world_size, drop_last)  # a view: NOTE [ serving ranks ]
+        self.metrics.served(job_id)
+        return Answer(epoch, round_, version, entry.kind is EpochKind.FULL, len(order), part)
+
+    def _epoch_order(self, job: _Job, epoch: int, canonical: np.ndarray | None) -> np.ndarray:
+        """The epoch's shuffled list, built once however many ranks ask at once.
+
+        NOTE [ serving ranks ]
+        All ranks of an epoch share one shuffled list: the first request builds it under
+        the job's ``orders_lock`` (the others wait for it instead of each building its own
+        copy), and each rank's part is a strided view of it (``rank_part``), streamed in
+        chunks made contiguous one at a time (``protocol.selection_chunks``). The lists
+        of the last ``ORDERS_KEPT`` epochs asked for are kept: a trainer asks for this
+        epoch and the next.
+        """
+        with job.orders_lock:
+            with self._lock:
+                order = job.orders.get(epoch)
+                if order is not None:
+                    job.orders.move_to_end(epoch)
+                    return order
             if canonical is None:
                 canonical = np.arange(job.plan.num_samples, dtype=np.int64)
             order = epoch_order(canonical, job.spec.policy.seed, epoch)
             with self._lock:
                 job.orders[epoch] = order
-                while len(job.orders) > 4:
+                while len(job.orders) > ORDERS_KEPT:
                     job.orders.popitem(last=False)
-        part = rank_part(order, rank, world_size, drop_last)
-        self.metrics.served(job_id)
-        return Answer(epoch, round_, version, entry.kind is EpochKind.FULL, len(order), part)
+            return order
 
     def shutdown(self) -> None:
         """Stop every job's scorers (state is already on disk)."""
