@@ -7,8 +7,10 @@ each dataset size N and scorer count K it runs one selection round (30 % by defa
 global) and reports
 
 - ``head_peak_bytes``: this process's peak RSS during the round over its RSS before it
-  (VmHWM reset through ``/proc/self/clear_refs``), and ``head_overhead_bytes``: the same
-  minus the selection it keeps (indices int64 + margins float32, persisted);
+  (freed memory returned to the system first, then VmHWM reset through
+  ``/proc/self/clear_refs``), and ``head_overhead_bytes``: the same minus the selection
+  it keeps (indices int64 + margins float32, persisted); ``head_rss_peak_bytes`` is the
+  absolute peak (the process, its gRPC server and Ray driver, and jobs kept so far);
 - ``select_seconds``: from the last scorer done to the selection ready (the round DONE:
   selected through the actors, saved, servable), with ``merge_seconds`` (the
   distributed selection alone);
@@ -116,8 +118,18 @@ def rss() -> tuple[int, int]:
 
 
 def reset_peak() -> None:
+    """Return freed memory to the system (Python, glibc, Arrow's pool), then VmHWM :=
+    VmRSS, so the peak that follows counts what the next step allocates."""
+    import ctypes
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := VmRSS
+        f.write("5")
 
 
 STAMPS: dict[str, dict] = {}
@@ -165,8 +177,8 @@ def run_round(client, uri, manifest, scorers: int, per_class: bool, keep: bool) 
     client.create_job(job_spec(job_id, uri, manifest, scorers, per_class), timeout=1800)
     created = time.perf_counter() - started
     records = export_psp(build_architecture(ARCHITECTURE), 0.25)
-    before, _ = rss()
     reset_peak()
+    before, _ = rss()
     client.push_weights(job_id, 1, 1, records)
     while True:  # GetJob every 10 ms: when the round is DONE (selected, saved, servable)
         state = client.get_job(job_id).rounds[0]
@@ -183,7 +195,8 @@ def run_round(client, uri, manifest, scorers: int, per_class: bool, keep: bool) 
            "create_seconds": round(created, 2), "score_seconds": round(stamps["score_s"], 2),
            "merge_seconds": round(stamps["selected"] - stamps["scored"], 3),
            "select_seconds": round(done - stamps["scored"], 3), "passes": stamps["passes"],
-           "head_rss_before_bytes": before, "head_peak_bytes": peak - before,
+           "head_rss_before_bytes": before, "head_rss_peak_bytes": peak,
+           "head_peak_bytes": peak - before,
            "selection_bytes": k * 12,
            "head_overhead_bytes": max(0, peak - before - k * 12)}
     print(json.dumps(row), flush=True)
@@ -227,8 +240,8 @@ def serve(address: str, job_id: str, world: int, processes: int = 4) -> dict:
         p.start()
     for _ in range(world):
         ready.acquire()
-    before, _ = rss()
     reset_peak()
+    before, _ = rss()
     start = time.monotonic()
     go.set()
     results = [r for _ in procs for r in out.get()]
@@ -324,6 +337,8 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"ratio": RATIO, "machine": {"cpus": os.cpu_count()}, "rounds": [],
                      "serving": [], "stopped": []}
     sizes = [int(n) for n in args.sizes]
+    args.out.mkdir(parents=True, exist_ok=True)
+    partial = args.out / "scale_head.partial.json"  # rows so far, if the run stops early
     served_job = None
     try:
         for n in sizes:
@@ -334,8 +349,15 @@ def main(argv: list[str] | None = None) -> dict:
                 break
             for k in args.scorers:
                 last = n == sizes[-1] and k == args.scorers[-1]
-                row = run_round(client, uri, manifest, k, per_class=False, keep=last)
+                try:
+                    row = run_round(client, uri, manifest, k, per_class=False, keep=last)
+                except Exception as exc:  # noqa: BLE001 - recorded: where the machine stopped
+                    results["stopped"].append(f"N={n:.0e} K={k}: {type(exc).__name__}: "
+                                              f"{str(exc)[:300]}")
+                    print(results["stopped"][-1], flush=True)
+                    continue
                 results["rounds"].append(row)
+                partial.write_text(json.dumps(results, indent=2) + "\n")
                 if last:
                     served_job = row["job_id"]
             if n == int(args.per_class_at):
@@ -360,7 +382,7 @@ def main(argv: list[str] | None = None) -> dict:
                                           [r["head_peak_bytes"] for r in rs]),
             "overhead_exponent": fit_exponent([r["n"] for r in rs],
                                               [r["head_overhead_bytes"] for r in rs])}
-    args.out.mkdir(parents=True, exist_ok=True)
+    partial.unlink(missing_ok=True)
     (args.out / "scale_head.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, args.out / "scale_head.png")
     print(json.dumps({"fits": results["fits"], "out": str(args.out)}), flush=True)

@@ -30,7 +30,7 @@ from ..core.shards import (
     InvalidDatasetURI,
     ShardError,
     read_manifest,
-    verified_labels,
+    verify_dataset,
 )
 from . import admission
 from .dataset_identity import DatasetEncoding
@@ -389,9 +389,9 @@ class JobCoordinator:
         except ValueError as exc:
             raise InvalidArgument(f"proxy width: {exc}") from None
         try:
-            # The labels are checked against the fingerprint and dropped: the scorers hold
-            # them for the selection (the head keeps nothing of size N per job).
-            manifest, _ = verified_labels(spec.dataset_uri, spec.fingerprint)
+            # The labels are hashed shard by shard against the fingerprint and not kept: the
+            # scorers hold them for the selection (the head keeps nothing of size N).
+            manifest = verify_dataset(spec.dataset_uri, spec.fingerprint)
         except UnknownName as exc:  # the manifest names a decoder no one registered here
             raise InvalidArgument(f"dataset {spec.dataset_uri}: {exc}") from None
         except DatasetNotFound as exc:
