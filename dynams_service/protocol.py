@@ -247,11 +247,18 @@ def chunks_to_push(chunks: Iterable[pb.WeightsChunk],
 
 def selection_chunks(header: pb.SelectionHeader, indices: np.ndarray,
                      chunk: int = INDEX_CHUNK) -> Iterator[pb.SelectionChunk]:
-    """Stream ``indices`` as little-endian int64 bytes, the header on the first chunk."""
-    data = np.ascontiguousarray(indices, dtype="<i8")
-    yield pb.SelectionChunk(header=header, indices=data[:chunk].tobytes())
-    for start in range(chunk, len(data), chunk):
-        yield pb.SelectionChunk(indices=data[start:start + chunk].tobytes())
+    """Stream ``indices`` as little-endian int64 bytes, the header on the first chunk.
+
+    ``indices`` may be a strided view (a rank's share of the epoch's list): each chunk is
+    made contiguous on its own, so a stream holds one chunk at a time, never a copy of
+    its whole share.
+    """
+    def piece(start: int) -> bytes:
+        return np.ascontiguousarray(indices[start:start + chunk], dtype="<i8").tobytes()
+
+    yield pb.SelectionChunk(header=header, indices=piece(0))
+    for start in range(chunk, len(indices), chunk):
+        yield pb.SelectionChunk(indices=piece(start))
 
 
 def indices_from_chunks(chunks: Iterable[pb.SelectionChunk]

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .manifest import filesystem_schemes
+
 __all__ = ["DatasetAccess", "DatasetAccessDenied", "MalformedDatasetURI", "DEFAULT_SCHEMES"]
 
 # Object stores whose endpoint is fixed by the server's own configuration; local paths.
@@ -29,7 +31,8 @@ class MalformedDatasetURI(DatasetAccessDenied):
 
 
 class DatasetAccess:
-    """Allowed dataset URIs: ``schemes`` (local paths are ``file``), and under ``roots``
+    """Allowed dataset URIs: ``schemes`` (local paths are ``file``) and those registered with
+    ``register_filesystem``, and under ``roots``
     when any are given. Query strings, fragments and credentials are never allowed.
 
     Example:
@@ -63,9 +66,10 @@ class DatasetAccess:
             return f"file://{path}"
         parts = urlsplit(uri)
         scheme = parts.scheme.lower()
-        if scheme not in self.schemes:
+        allowed = (*self.schemes, *filesystem_schemes())  # the operator registered these
+        if scheme not in allowed:
             raise DatasetAccessDenied(f"dataset URI scheme {scheme!r} is not allowed; allowed: "
-                                      f"{', '.join(self.schemes)}")
+                                      f"{', '.join(allowed)}")
         if parts.query or parts.fragment:
             raise DatasetAccessDenied("dataset URIs may not carry options (?…): endpoints, "
                                       "schemes and credentials are the selector's own settings")

@@ -34,7 +34,9 @@ NOTE [ distributed selection ]:
   ``gather_limit`` pairs per group (``gather_limit`` defaults to ``bins``), and ``O(parts
   × groups)`` for the census, independent of N. Only ``take`` returns O(k) data, the
   selection itself. A part sorts its items once (``O(n log n)``); each later pass costs it
-  ``O(groups × bins × log n)`` (binary searches into the sorted keys).
+  ``O(groups × bins × log n)`` (binary searches into the sorted keys). ``take`` replies
+  are ascending; when the parts hold ascending, disjoint index ranges in the order given
+  (one scorer per contiguous shard group), the head concatenates them without a sort.
 """
 
 from __future__ import annotations
@@ -219,12 +221,15 @@ class SelectionPart:
         self._margins = m
         self._indices = idx
         self._labels = y
-        self._keys = order_keys(m)
-        self._ikeys = index_keys(idx)
         self._layouts: dict[bool, _Layout] = {}
 
     def __len__(self) -> int:
         return int(self._indices.size)
+
+    def prepare(self, per_class: bool) -> None:
+        """Sort now for ``per_class`` (else the census does): a scorer calls this at the
+        end of scoring, so the head's passes find the part ready."""
+        self._layout(per_class)
 
     def census(self, per_class: bool) -> Census:
         """Counts and key ranges of this part's non-empty groups (pass 1)."""
@@ -290,19 +295,26 @@ class SelectionPart:
     def _layout(self, per_class: bool) -> _Layout:
         per_class = bool(per_class)
         if per_class not in self._layouts:
+            # Keys are built here and only the sorted copies kept: a scorer holding a large
+            # part pays ~36 bytes per item for the layout on top of its inputs.
+            keys, ikeys = order_keys(self._margins), index_keys(self._indices)
+            ascending = bool(np.all(self._indices[1:] > self._indices[:-1]))
             if per_class:
                 if self._labels is None:
                     raise ValueError("per-class selection needs labels; this part has none")
                 group = self._labels
-                order = np.lexsort((self._ikeys, self._keys, group))
+                order = np.lexsort((ikeys, keys, group))
                 groups, starts = np.unique(group[order], return_index=True)
             else:
-                order = np.lexsort((self._ikeys, self._keys))
+                # Rows in index order (a scorer's stream): a stable sort by value alone is
+                # the (value, index) order, and much cheaper than a two-key lexsort.
+                order = (np.argsort(keys, kind="stable") if ascending
+                         else np.lexsort((ikeys, keys)))
                 groups = np.zeros(1 if order.size else 0, dtype=np.int64)
                 starts = np.zeros(groups.size, dtype=np.int64)
             bounds = np.append(starts, order.size).astype(np.int64)
             self._layouts[per_class] = _Layout(
-                groups.astype(np.int64), bounds, self._keys[order], self._ikeys[order], order)
+                groups.astype(np.int64), bounds, keys[order], ikeys[order], order)
         return self._layouts[per_class]
 
     @staticmethod
@@ -342,7 +354,9 @@ class PartHandle(Protocol):
 
     def summary(self, query: RangeQuery) -> Any: ...
 
-    def take(self, thresholds: Thresholds) -> Any: ...
+    def take(self, thresholds: Thresholds) -> Any:
+        """(indices ascending, their margins) of this part's selected items."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -469,11 +483,7 @@ def distributed_select(
         value=np.array([s.threshold[0] for s in active], dtype=np.uint64),
         index=np.array([s.threshold[1] for s in active], dtype=np.uint64),
     )
-    taken = list(fan_out(SelectionPart.take.__name__, thresholds))
-    indices = np.concatenate([np.asarray(i, dtype=np.int64) for i, _ in taken])
-    margins = np.concatenate([np.asarray(m) for _, m in taken])
-    order = np.argsort(indices, kind="stable")
-    indices, margins = indices[order], margins[order]
+    indices, margins = _merge_taken(fan_out(SelectionPart.take.__name__, thresholds))
     repeated = np.flatnonzero(indices[1:] == indices[:-1])
     if repeated.size:
         raise ValueError(f"dataset index {int(indices[repeated[0]])} is held by more than "
@@ -482,6 +492,27 @@ def distributed_select(
         raise AssertionError(f"expected {keep} selected samples from the parts, got "
                              f"{indices.size} (did a part change between passes?)")
     return DistributedSelection(indices, margins, passes)
+
+
+def _merge_taken(replies: Iterable[tuple[np.ndarray, np.ndarray]]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The parts' selections as one list ordered by dataset index.
+
+    Each part's reply is ascending. When the parts hold ascending, non-overlapping index
+    ranges in the order they were given (a scorer per contiguous shard group), their
+    concatenation is already the answer: no O(k log k) sort and no reordered copies, so
+    the head's peak is the replies plus one copy of the selection.
+    """
+    taken = [(np.asarray(i, dtype=np.int64), np.asarray(m)) for i, m in replies]
+    indices = np.concatenate([i for i, _ in taken]) if taken else _EMPTY_I64
+    margins = (np.concatenate([m for _, m in taken]) if taken
+               else np.zeros(0, dtype=np.float64))
+    ends = [(int(i[0]), int(i[-1])) for i, _ in taken if i.size]
+    del taken
+    if all(a[1] < b[0] for a, b in zip(ends[:-1], ends[1:], strict=True)):
+        return indices, margins
+    order = np.argsort(indices, kind="stable")
+    return indices[order], margins[order]
 
 
 def _census(replies: Iterable[Census]) -> tuple[np.ndarray, np.ndarray, list[_Search]]:

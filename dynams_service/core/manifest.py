@@ -15,6 +15,7 @@ import math
 import os
 import posixpath
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from pydantic import (
 )
 
 from .decoders import Decoder, build_decoder
-from .registry import UnknownName
+from .registry import Registry, UnknownName
 
 __all__ = [
     "ShardError",
@@ -45,6 +46,8 @@ __all__ = [
     "fingerprint",
     "dataset_decoder",
     "dataset_filesystem",
+    "filesystem_schemes",
+    "register_filesystem",
     "regular_file_size",
     "read_manifest",
     "MANIFEST_NAME",
@@ -194,10 +197,37 @@ def dataset_decoder(manifest: DatasetManifest) -> Decoder:
     return decoder
 
 
+_FILESYSTEMS: Registry[Callable[[], pafs.FileSystem]] = Registry("dataset filesystem")
+
+
+def register_filesystem(scheme: str, factory: Callable[[], pafs.FileSystem], *,
+                        replace: bool = False) -> None:
+    """Serve dataset URIs ``<scheme>://<path>`` from the pyarrow filesystem ``factory()``
+    returns (e.g. a ``pyarrow.fs.PyFileSystem`` over an in-house store), called with the
+    path ``<netloc>/<path>``. Registered by the operator's module (``dynams serve
+    --models MODULE``), it is allowed like the built-in schemes; clients only name it.
+
+    Example:
+        >>> register_filesystem("scratch", pafs.LocalFileSystem)  # doctest: +SKIP
+    """
+    if not isinstance(scheme, str) or not scheme.isascii() or not scheme.isalpha() \
+            or scheme != scheme.lower():
+        raise ValueError(f"filesystem scheme must be lowercase ASCII letters, got {scheme!r}")
+    _FILESYSTEMS.register(scheme, factory, replace=replace)
+
+
+def filesystem_schemes() -> list[str]:
+    """The URI schemes registered with :func:`register_filesystem`."""
+    return _FILESYSTEMS.names()
+
+
 def dataset_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """pyarrow filesystem and path for a URI; plain paths are local."""
     try:
         if "://" in uri:
+            scheme, rest = uri.split("://", 1)
+            if scheme.lower() in _FILESYSTEMS:
+                return _FILESYSTEMS.get(scheme.lower())(), rest
             return pafs.FileSystem.from_uri(uri)
         return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
     except (ValueError, OSError, RuntimeError) as exc:  # ArrowInvalid is a ValueError

@@ -37,15 +37,30 @@ def rank_count(total: int, world_size: int, drop_last: bool) -> int:
 
 
 def rank_part(order: np.ndarray, rank: int, world_size: int, drop_last: bool) -> np.ndarray:
-    """Rank ``rank``'s share of ``order``: equal lengths across ranks, disjoint unless padded."""
+    """Rank ``rank``'s share of ``order``: equal lengths across ranks, disjoint unless padded.
+
+    A strided *view* of ``order`` (no copy) for every rank that needs no padding; a rank
+    whose share wraps around (at most the last ``world_size - 1`` positions of the padded
+    list) gets a copy of its own share only. So serving all ranks of an epoch holds one
+    list, not one per rank.
+
+    Example:
+        >>> part = rank_part(np.arange(10), 1, 4, drop_last=False)
+        >>> part.tolist(), rank_part(np.arange(10), 3, 4, drop_last=False).tolist()
+        ([1, 5, 9], [3, 7, 1])
+    """
     _check_rank(rank, world_size)
     order = np.asarray(order, dtype=np.int64)
-    per_rank = rank_count(len(order), world_size, drop_last)
-    if per_rank and len(order) == 0:
+    n = len(order)
+    per_rank = rank_count(n, world_size, drop_last)
+    if per_rank and n == 0:
         raise ValueError("cannot pad an empty epoch to the ranks")
-    # Position p of the padded list is order[p % len(order)]; only this rank's are built.
-    positions = rank + world_size * np.arange(per_rank, dtype=np.int64)
-    return order[positions % max(1, len(order))]
+    # Position p of the padded list is order[p % n]; positions below n are a strided view.
+    head = order[rank:n:world_size][:per_rank]
+    if len(head) == per_rank:
+        return head
+    wrapped = rank + world_size * np.arange(len(head), per_rank, dtype=np.int64)
+    return np.concatenate([head, order[wrapped % n]])
 
 
 def uniform_subset(num_samples: int, size: int, seed: int, epoch: int) -> np.ndarray:

@@ -113,7 +113,7 @@ def _select_per_class(scores: np.ndarray, labels: np.ndarray, keep: int) -> np.n
     # Sort by (class, score, index): stable argsort of score, then stable by class.
     by_score = np.argsort(scores, kind="stable")
     order = by_score[np.argsort(inverse[by_score], kind="stable")]
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    starts = np.cumsum(sizes) - sizes  # each class's first position; empty with no classes
     rank_in_class = np.arange(order.size) - np.repeat(starts, sizes)
     kept = rank_in_class < np.repeat(quotas, sizes)
     return order[kept]

@@ -10,6 +10,7 @@ in ``core.stream``; this module re-exports both's names for convenience.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 from collections.abc import Sequence
@@ -205,10 +206,28 @@ def verify_dataset(uri: str, expected: DatasetFingerprint | None = None) -> Data
     """Check every shard (columns, index range, label range) and the label fingerprint.
 
     Reads only the ``index`` and ``label`` columns (``core.stream.verify_samples`` also
-    decodes every sample). Raises ShardError naming the bad file, or when ``expected``
-    differs from the dataset's fingerprint.
+    decodes every sample), one shard at a time into a running hash: its memory is one
+    shard's columns whatever N (``verified_labels`` holds all labels). Raises ShardError
+    naming the bad file, or FingerprintMismatch when ``expected`` differs from the
+    dataset's fingerprint.
     """
-    return verified_labels(uri, expected)[0]
+    manifest = read_manifest(uri)
+    fs, root = dataset_filesystem(uri)
+    decoder = dataset_decoder(manifest)
+    digest, count = hashlib.sha256(), 0
+    for shard in manifest.shards:
+        table = read_shard_columns(fs, root, shard, decoder, ("index", "label"))
+        _, labels = checked_index_labels(table, shard, manifest,
+                                         posixpath.join(root, shard.path))
+        digest.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())  # as fingerprint()
+        count += len(labels)
+        del table, labels
+    pa.default_memory_pool().release_unused()  # give the read buffers back to the system
+    actual = DatasetFingerprint(num_samples=count,
+                                num_classes=manifest.fingerprint.num_classes,
+                                labels_sha256=digest.hexdigest())
+    _check_fingerprint(uri, manifest, actual, expected)
+    return manifest
 
 
 def read_index_labels(fs: pafs.FileSystem, root: str, manifest: DatasetManifest,
@@ -231,13 +250,18 @@ def verified_labels(uri: str, expected: DatasetFingerprint | None = None
     fs, root = dataset_filesystem(uri)
     _, all_labels = read_index_labels(fs, root, manifest, dataset_decoder(manifest),
                                       manifest.shards)
-    actual = fingerprint(all_labels, manifest.fingerprint.num_classes)
+    _check_fingerprint(uri, manifest, fingerprint(all_labels, manifest.fingerprint.num_classes),
+                       expected)
+    return manifest, all_labels
+
+
+def _check_fingerprint(uri: str, manifest: DatasetManifest, actual: DatasetFingerprint,
+                       expected: DatasetFingerprint | None) -> None:
     if actual != manifest.fingerprint:
         raise ShardError(f"{uri}: labels do not match the manifest's fingerprint")
     if expected is not None and expected != actual:
         raise FingerprintMismatch(f"{uri}: fingerprint {actual.model_dump()} differs from "
                                   f"the trainer's {expected.model_dump()}")
-    return manifest, all_labels
 
 
 def shard_groups(manifest: DatasetManifest, k: int) -> list[list[int]]:

@@ -24,7 +24,6 @@ from ..core.policy import EpochKind, Plan
 from ..core.proxy import PSPError, TensorRecord, records_to_state, spec_of
 from ..core.registry import UnknownName
 from ..core.scores import get_score
-from ..core.selection import select
 from ..core.shards import (
     DatasetManifest,
     DatasetNotFound,
@@ -32,7 +31,7 @@ from ..core.shards import (
     InvalidDatasetURI,
     ShardError,
     read_manifest,
-    verified_labels,
+    verify_dataset,
 )
 from . import admission
 from .dataset_identity import DatasetEncoding
@@ -58,6 +57,7 @@ __all__ = ["JobCoordinator", "Answer", "JobStatus", "JobSummary", "RoundStatus",
            "RoundState"]
 
 log = logging.getLogger(__name__)
+ORDERS_KEPT = 2  # shuffled epoch lists kept per job (this epoch's and the next one's)
 
 
 @dataclass(frozen=True)
@@ -120,11 +120,11 @@ class _Job:
     plan: Plan
     manifest: DatasetManifest
     encoding: DatasetEncoding  # the dataset's when the job was created: part of its identity
-    labels: np.ndarray
     proxy_spec: dict[str, tuple[str, tuple[int, ...]]]
     rounds: list[Round]  # one per selection round, indexed by round number
     scorers: JobScorers | None = None
     orders: OrderedDict = field(default_factory=OrderedDict)  # epoch → shuffled list
+    orders_lock: threading.Lock = field(default_factory=threading.Lock)  # builds one order
     deleted: bool = False
     scorers_lock: threading.Lock = field(default_factory=threading.Lock)  # starting/stopping
     last_used: float = field(default_factory=time.monotonic)  # last RPC naming the job
@@ -163,8 +163,13 @@ class JobCoordinator:
     """
 
     def __init__(self, store: StateStore, metrics: SelectorMetrics | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None,
+                 scorer_factory: Callable[..., JobScorers] = JobScorers) -> None:
+        """``scorer_factory(spec, manifest, ready_timeout=s)`` starts a job's scorers:
+        ``JobScorers`` itself, or (benchmarks) a ``functools.partial`` of it naming another
+        actor class; an operator's choice, never a client's."""
         self.store = store
+        self.scorer_factory = scorer_factory
         self.metrics = metrics or SelectorMetrics()
         self.limits = limits or Limits()
         self.access = DatasetAccess(self.limits.dataset_roots)
@@ -334,7 +339,7 @@ class JobCoordinator:
             raise DeadlineExceeded(f"the caller's deadline passed before job {spec.job_id!r}'s "
                                    "scorers were started; nothing was created")
         try:
-            job.scorers = JobScorers(spec, job.manifest, ready_timeout=remaining)
+            job.scorers = self.scorer_factory(spec, job.manifest, ready_timeout=remaining)
         except Internal:
             if time.monotonic() < deadline:
                 raise
@@ -389,7 +394,9 @@ class JobCoordinator:
         except UnknownName as exc:
             raise InvalidArgument(f"policy.score: {exc}") from None
         try:
-            manifest, labels = verified_labels(spec.dataset_uri, spec.fingerprint)
+            # The labels are hashed shard by shard against the fingerprint and not kept: the
+            # scorers hold them for the selection (the head keeps nothing of size N).
+            manifest = verify_dataset(spec.dataset_uri, spec.fingerprint)
         except UnknownName as exc:  # the manifest names a decoder no one registered here
             raise InvalidArgument(f"dataset {spec.dataset_uri}: {exc}") from None
         except DatasetNotFound as exc:
@@ -408,7 +415,7 @@ class JobCoordinator:
         plan = spec.plan()
         rounds = [Round(index=i, epoch=epoch) for i, epoch in enumerate(plan.select_epochs)]
         return _Job(spec=spec, plan=plan, manifest=manifest,
-                    encoding=DatasetEncoding.of(manifest), labels=labels,
+                    encoding=DatasetEncoding.of(manifest),
                     proxy_spec=spec_of(proxy), rounds=rounds)
 
     def _job(self, job_id: str, touch: bool = True) -> _Job:
@@ -555,20 +562,18 @@ class JobCoordinator:
         try:
             with job.scorers_lock:  # this job's only: other jobs start and stop meanwhile
                 if job.scorers is None and not job.deleted:
-                    job.scorers = JobScorers(job.spec, job.manifest,
+                    job.scorers = self.scorer_factory(job.spec, job.manifest,
                                              ready_timeout=self.limits.placement_timeout)
                 scorers = job.scorers
             if scorers is None:
                 return
             policy = job.spec.policy
             scored = scorers.score(snapshot, policy.score)
-            ratio = job.plan[epoch].size / job.plan.num_samples
-            chosen = select(scored.margins, job.labels, ratio=min(1.0, ratio),
-                            per_class=policy.per_class)
-            if len(chosen) != job.plan[epoch].size:
-                raise Internal(f"selected {len(chosen)} samples, the plan says "
-                               f"{job.plan[epoch].size}")
-            result = RoundResult(round_, epoch, version, chosen, scored.margins[chosen],
+            scored_at = time.perf_counter()
+            # The scorers keep the margins: NOTE [ scorers keep their margins ] in scorer.py.
+            selection = scorers.select(job.plan[epoch].size)
+            chosen = selection.indices
+            result = RoundResult(round_, epoch, version, chosen, selection.margins,
                                  time.perf_counter() - started)
             if job.deleted:
                 return
@@ -590,12 +595,12 @@ class JobCoordinator:
             released.shutdown()
             log.info("job %s: all %d rounds selected, scorers released", job.spec.job_id,
                      len(job.rounds))
-        per_class = np.bincount(job.labels[chosen], minlength=job.manifest.fingerprint.num_classes)
         self.metrics.round_done(job.spec.job_id, job.plan.num_samples, scored.seconds,
                                 result.seconds)
-        log.info("job %s round %d (epoch %d, weights v%d): selected %d, per class %s, "
-                 "scoring %.2fs, round %.2fs", job.spec.job_id, round_, epoch, version,
-                 len(chosen), per_class.tolist(), scored.seconds, result.seconds)
+        log.info("job %s round %d (epoch %d, weights v%d): selected %d in %d passes, "
+                 "scoring %.2fs, selecting and saving %.2fs, round %.2fs", job.spec.job_id,
+                 round_, epoch, version, len(chosen), selection.passes, scored.seconds,
+                 time.perf_counter() - scored_at, result.seconds)
 
     # --- answers ----------------------------------------------------------------------
 
@@ -634,18 +639,36 @@ class JobCoordinator:
                     self._changed.wait(remaining)
                 result = current.result
                 canonical, version = result.indices, result.weights_version
-            order = job.orders.get(epoch)
-        if order is None:
+        order = self._epoch_order(job, epoch, canonical)
+        part = rank_part(order, rank, world_size, drop_last)  # a view: NOTE [ serving ranks ]
+        self.metrics.served(job_id)
+        return Answer(epoch, round_, version, entry.kind is EpochKind.FULL, len(order), part)
+
+    def _epoch_order(self, job: _Job, epoch: int, canonical: np.ndarray | None) -> np.ndarray:
+        """The epoch's shuffled list, built once however many ranks ask at once.
+
+        NOTE [ serving ranks ]
+        All ranks of an epoch share one shuffled list: the first request builds it under
+        the job's ``orders_lock`` (the others wait for it instead of each building its own
+        copy), and each rank's part is a strided view of it (``rank_part``), streamed in
+        chunks made contiguous one at a time (``protocol.selection_chunks``). The lists
+        of the last ``ORDERS_KEPT`` epochs asked for are kept: a trainer asks for this
+        epoch and the next.
+        """
+        with job.orders_lock:
+            with self._lock:
+                order = job.orders.get(epoch)
+                if order is not None:
+                    job.orders.move_to_end(epoch)
+                    return order
             if canonical is None:
                 canonical = np.arange(job.plan.num_samples, dtype=np.int64)
             order = epoch_order(canonical, job.spec.policy.seed, epoch)
             with self._lock:
                 job.orders[epoch] = order
-                while len(job.orders) > 4:
+                while len(job.orders) > ORDERS_KEPT:
                     job.orders.popitem(last=False)
-        part = rank_part(order, rank, world_size, drop_last)
-        self.metrics.served(job_id)
-        return Answer(epoch, round_, version, entry.kind is EpochKind.FULL, len(order), part)
+            return order
 
     def shutdown(self) -> None:
         """Stop every job's scorers (state is already on disk)."""

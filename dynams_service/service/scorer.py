@@ -2,8 +2,19 @@
 
 ``JobScorers`` is the local facade over one job's K named actors
 (``dynams:<job>:scorer:<i>``): it creates them, puts a numpy snapshot of the weights in
-Ray's object store, fans it out, merges the results and turns Ray failures into the
-service's own errors. Nothing Ray-specific crosses it: callers pass and get numpy.
+Ray's object store, fans it out, runs the round's k-selection over the margins the
+actors keep, and turns Ray failures into the service's own errors. Nothing Ray-specific
+crosses it: callers pass and get numpy.
+
+NOTE [ scorers keep their margins ]
+A round's margins never travel to the head. Each actor keeps its shard group's margins,
+dataset indices and labels as a ``SelectionPart`` (sorted for the job's class balance at
+the end of scoring); ``JobScorers.select`` runs ``core.distributed_selection`` over the
+actors (a census, a few histogram passes of O(bins) each, a take), and only the selected
+indices and their margins come back. A part is lost with its actor: when one dies (or Ray
+restarts it empty) between scoring and the take, that actor's shard group is scored again
+with the round's snapshot and the selection starts over, so the result never depends on
+failures.
 """
 
 from __future__ import annotations
@@ -20,6 +31,15 @@ import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from ..core.decoders import Normalizer
+from ..core.distributed_selection import (
+    Census,
+    DistributedSelection,
+    RangeQuery,
+    SelectionPart,
+    Summary,
+    Thresholds,
+    distributed_select,
+)
 from ..core.job import JobSpec
 from ..core.models import build_architecture
 from ..core.registry import load_plugin_modules, plugin_modules
@@ -28,7 +48,8 @@ from ..core.shards import DatasetManifest, ShardError, shard_groups
 from ..core.stream import ShardStream
 from .errors import Internal
 
-__all__ = ["ScorerActor", "JobScorers", "scorer_name", "ScoredShards"]
+__all__ = ["ScorerActor", "JobScorers", "PartHolder", "PartMissing", "scorer_name",
+           "ScoredShards"]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +58,53 @@ def scorer_name(job_id: str, i: int) -> str:
     return f"dynams:{job_id}:scorer:{i}"
 
 
-class ScorerActor:
+class PartMissing(RuntimeError):
+    """A scorer was asked for its part but holds none (restarted since it scored)."""
+
+
+class PartHolder:
+    """The part side of the round's k-selection, mixed into every scorer actor class.
+
+    A subclass sets ``self.part`` (a ``SelectionPart``) when it scores; the head's passes
+    (``census``, ``summary``, ``take``) are answered from it. See NOTE [ scorers keep their
+    margins ].
+    """
+
+    part: SelectionPart | None = None
+
+    def keep_part(self, indices: np.ndarray, margins: np.ndarray, labels: np.ndarray | None,
+                  per_class: bool) -> int:
+        """Hold this round's scores, sorted for ``per_class``; returns the row count."""
+        self.part = None  # the previous round's part goes before the new one is built
+        self.part = SelectionPart(margins, indices, labels)
+        self.part.prepare(per_class)
+        return len(self.part)
+
+    def _held(self) -> SelectionPart:
+        if self.part is None:
+            raise PartMissing("this scorer holds no scores (restarted since the round "
+                              "scored); score its shard group again")
+        return self.part
+
+    def census(self, per_class: bool) -> Census:
+        return self._held().census(per_class)
+
+    def summary(self, query: RangeQuery) -> Summary:
+        return self._held().summary(query)
+
+    def take(self, thresholds: Thresholds) -> tuple[np.ndarray, np.ndarray]:
+        return self._held().take(thresholds)
+
+    def peak_rss(self) -> int:
+        """This process's peak resident memory in bytes (VmHWM; for memory benchmarks)."""
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+
+class ScorerActor(PartHolder):
     """Scores its rows with pushed PSP weights (a Ray actor; one per shard group).
 
     Rows stream from the shards each round through a ``ShardStream``; decoded rows are kept
@@ -71,14 +138,6 @@ class ScorerActor:
         """The actor's process id (for operators and fault-injection tests)."""
         return os.getpid()
 
-    def peak_rss(self) -> int:
-        """This process's peak resident memory in bytes (VmHWM; for memory benchmarks)."""
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
     def score(self, snapshot: dict[str, np.ndarray], mode: str) -> tuple[np.ndarray, np.ndarray]:
         """(indices, scores) of this scorer's rows under the snapshot's weights; ``mode``
         names a registered score (built-in or from the operator's plug-in modules)."""
@@ -89,12 +148,17 @@ class ScorerActor:
         margins = score_batches(self.proxy, batches, self.stream.num_rows, mode=mode)
         return self.stream.indices, margins.numpy()
 
+    def score_part(self, snapshot: dict[str, np.ndarray], mode: str, per_class: bool) -> int:
+        """Score (as :meth:`score`) and keep the margins for the round's selection."""
+        indices, margins = self.score(snapshot, mode)
+        return self.keep_part(indices, margins, self.stream.labels, per_class)
+
 
 @dataclass(frozen=True)
 class ScoredShards:
-    """All scorers' margins, ordered by dataset index."""
+    """A finished scoring pass: rows scored (the margins stay in the actors) and seconds."""
 
-    margins: np.ndarray
+    rows: int
     seconds: float
 
 
@@ -109,12 +173,15 @@ class JobScorers:
     """
 
     def __init__(self, spec: JobSpec, manifest: DatasetManifest,
-                 ready_timeout: float = 300, max_recreations: int = 3) -> None:
+                 ready_timeout: float = 300, max_recreations: int = 3, *,
+                 actor_class: type[PartHolder] = ScorerActor) -> None:
         self.job_id = spec.job_id
         self.spec = spec
         self.manifest = manifest
         self.num_samples = manifest.num_samples
         self.max_recreations = max_recreations
+        self.actor_class = actor_class  # ScorerActor; benchmarks plug in synthetic ones
+        self._round: tuple | None = None  # (snapshot ref, mode) of the parts held now
         res = spec.resources
         self.groups = shard_groups(manifest, res.num_scorers)
         self.names = [scorer_name(spec.job_id, i) for i in range(res.num_scorers)]
@@ -159,7 +226,7 @@ class JobScorers:
 
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 placement_group=self.placement_group, placement_group_bundle_index=i)
-        remote = ray.remote(ScorerActor)  # type: ignore[attr-defined]
+        remote = ray.remote(self.actor_class)  # type: ignore[attr-defined]
         return _create_named(lambda: remote.options(**options).remote(
             self.spec.dataset_uri, self.manifest.model_dump_json(), self.groups[i],
             self.spec.proxy.architecture, self.spec.proxy.width, res.batch_size,
@@ -168,12 +235,16 @@ class JobScorers:
 
     def score(self, snapshot: dict[str, np.ndarray], mode: str,
               timeout: float = 3600) -> ScoredShards:
-        """Score every row with the snapshot's weights (name → numpy array); margins are
-        merged by dataset index. Raises ``Internal`` on a timeout or a failed scorer."""
+        """Score every row with the snapshot's weights (name → numpy array); each actor
+        keeps its margins for :meth:`select`. Raises ``Internal`` on a timeout or a failed
+        scorer."""
         started = time.perf_counter()
         deadline = time.monotonic() + timeout
+        per_class = self.spec.policy.per_class
+        self._round = None
         snapshot_ref = ray.put(snapshot)  # stored once, read by every scorer
-        pending = {a.score.remote(snapshot_ref, mode): i for i, a in enumerate(self.actors)}
+        pending = {a.score_part.remote(snapshot_ref, mode, per_class): i
+                   for i, a in enumerate(self.actors)}
         recreated = [0] * len(self.actors)
         results = {}
         while pending:
@@ -196,7 +267,7 @@ class JobScorers:
                             "shards", self.names[i], type(exc).__name__)
                 self.actors[i] = self._start_actor(i)
                 self.infos[i] = ray.get(self.actors[i].info.remote(), timeout=timeout)
-                pending[self.actors[i].score.remote(snapshot_ref, mode)] = i
+                pending[self.actors[i].score_part.remote(snapshot_ref, mode, per_class)] = i
             except RayTaskError as exc:
                 if isinstance(exc.cause, ShardError):  # a corrupt sample: name shard and row
                     raise Internal(f"scorer {self.names[i]}: {exc.cause}") from None
@@ -204,14 +275,76 @@ class JobScorers:
         with contextlib.suppress(GetTimeoutError, RayActorError, RayTaskError):
             # What each scorer holds now (its cache fills during its first round).
             self.infos = ray.get([a.info.remote() for a in self.actors], timeout=30)
-        margins = np.full(self.num_samples, np.nan, dtype=np.float32)
-        for indices, part in results.values():
-            margins[indices] = part
-        if np.isnan(margins).any():
-            raise Internal(f"job {self.job_id!r}: scorers returned NaN or missing margins")
-        return ScoredShards(margins, time.perf_counter() - started)
+        rows = sum(results.values())
+        if rows != self.num_samples:
+            raise Internal(f"job {self.job_id!r}: scorers hold {rows} margins, the dataset "
+                           f"has {self.num_samples} rows")
+        self._round = (snapshot_ref, mode)
+        return ScoredShards(rows, time.perf_counter() - started)
+
+    def select(self, k: int, timeout: float = 3600) -> DistributedSelection:
+        """The ``k`` lowest margins of the last :meth:`score` (per class if the job's
+        policy says so), exactly as ``core.select`` on all of them: indices ascending and
+        their margins. Only the selection itself travels; see NOTE [ scorers keep their
+        margins ]. Raises ``Internal`` on a timeout or a scorer lost too often."""
+        if self._round is None:
+            raise Internal(f"job {self.job_id!r}: select() before a completed score()")
+        deadline = time.monotonic() + timeout
+        rescored = [0] * len(self.actors)
+        while True:
+            parts = [_RemotePart(a) for a in self.actors]
+            try:
+                return distributed_select(parts, k=k, per_class=self.spec.policy.per_class,
+                                          resolve=lambda futures: self._resolve(futures,
+                                                                                deadline))
+            except _PartLost as lost:
+                rescored[lost.i] += 1
+                if rescored[lost.i] > self.max_recreations:
+                    raise Internal(f"scorer {self.names[lost.i]} lost its scores "
+                                   f"{rescored[lost.i]} times during the selection") from None
+                self._rescore(lost, deadline)
+
+    def _resolve(self, futures: list, deadline: float):
+        """One pass's replies in part order; a lost part raises ``_PartLost``."""
+        for i, future in enumerate(futures):
+            try:
+                yield ray.get(future, timeout=max(0.0, deadline - time.monotonic()))
+            except GetTimeoutError:
+                raise Internal(f"selection for job {self.job_id!r} timed out") from None
+            except RayActorError:
+                if not self.actors:
+                    raise Internal(f"the scorers of job {self.job_id!r} were released during "
+                                   "the round (selector stopping or job deleted)") from None
+                raise _PartLost(i, dead=True) from None
+            except RayTaskError as exc:
+                if isinstance(exc.cause, PartMissing):
+                    raise _PartLost(i, dead=False) from None
+                raise Internal(f"scorer {self.names[i]} failed in the selection: "
+                               f"{exc}") from None
+
+    def _rescore(self, lost: _PartLost, deadline: float) -> None:
+        """Score a lost part again (re-creating its actor if it is gone for good)."""
+        i = lost.i
+        snapshot_ref, mode = self._round
+        log.warning("scorer %s lost its scores before the selection (%s); rescoring its "
+                    "shards", self.names[i], "gone" if lost.dead else "restarted")
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            if lost.dead:
+                self.actors[i] = self._start_actor(i)
+                self.infos[i] = ray.get(self.actors[i].info.remote(), timeout=remaining)
+            ray.get(self.actors[i].score_part.remote(snapshot_ref, mode,
+                                                     self.spec.policy.per_class),
+                    timeout=max(0.0, deadline - time.monotonic()))
+        except GetTimeoutError:
+            raise Internal(f"rescoring scorer {self.names[i]} timed out") from None
+        except RayActorError:
+            pass  # gone again: the next selection attempt finds out and counts it
+        except RayTaskError as exc:
+            raise Internal(f"scorer {self.names[i]} failed rescoring: {exc}") from None
 
     def shutdown(self) -> None:
+        self._round = None
         for actor in self.actors:
             with contextlib.suppress(Exception):  # already gone is fine
                 ray.kill(actor, no_restart=True)
@@ -222,6 +355,30 @@ class JobScorers:
             with contextlib.suppress(Exception):
                 remove_placement_group(self.placement_group)
             self.placement_group = None
+
+
+class _PartLost(Exception):
+    """Part ``i`` of the selection is gone: its actor died (``dead``) or restarted empty."""
+
+    def __init__(self, i: int, dead: bool) -> None:
+        super().__init__(i, dead)
+        self.i, self.dead = i, dead
+
+
+class _RemotePart:
+    """A scorer actor as a ``PartHandle``: each call returns a Ray future."""
+
+    def __init__(self, actor) -> None:
+        self.actor = actor
+
+    def census(self, per_class: bool):
+        return self.actor.census.remote(per_class)
+
+    def summary(self, query: RangeQuery):
+        return self.actor.summary.remote(query)
+
+    def take(self, thresholds: Thresholds):
+        return self.actor.take.remote(thresholds)
 
 
 def _create_named(create, name: str, timeout: float = 30.0):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from .coordinator import JobCoordinator
 from .decoding import DecodingInterceptor
 from .lifetime import JobReaper
 from .limits import Limits
+from .scorer import JobScorers
 from .servicer import SelectorServicer
 from .store import StateStore
 
@@ -94,10 +96,12 @@ class SelectorServer:
     def __init__(self, address: str = "127.0.0.1:50051", *, state_dir: str | Path,
                  token: str | None = None, tls: TLSFiles | None = None,
                  max_workers: int = WORKERS, dashboard_url: str = "",
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None,
+                 scorer_factory: Callable[..., JobScorers] = JobScorers) -> None:
         self.limits = limits or Limits()
         check_workers(self.limits, max_workers)
-        self.coordinator = JobCoordinator(StateStore(state_dir), limits=self.limits)
+        self.coordinator = JobCoordinator(StateStore(state_dir), limits=self.limits,
+                                          scorer_factory=scorer_factory)
         self.calls = CallLimiter(self.limits)
         self.decoding = DecodingInterceptor()
         # Outermost first: auth, then the long-call caps, then decoding next to the handler.

@@ -14,8 +14,10 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -85,11 +87,12 @@ class StateStore:
             "round": str(result.round), "epoch": str(result.epoch),
             "weights_version": str(result.weights_version), "seconds": repr(result.seconds),
         })
-        sink = pa.BufferOutputStream()
-        with ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        _atomic_write(self._job_dir(job_id) / f"round-{result.round:05d}.arrow",
-                      sink.getvalue().to_pybytes())
+
+        def write(f) -> None:  # straight to the file: no in-memory copy of the selection
+            with ipc.new_file(f, table.schema) as writer:
+                writer.write_table(table)
+
+        _atomic_write(self._job_dir(job_id) / f"round-{result.round:05d}.arrow", write)
 
     def delete_job(self, job_id: str) -> None:
         """Remove a job's state; raises ``OSError`` if it cannot (read-only dir, …).
@@ -178,11 +181,16 @@ def _read_round(path: Path) -> RoundResult:
     )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
+    """Write ``data`` (bytes, or a function writing to the open file) to ``path``
+    atomically: a temporary name, fsync, rename, fsync of the directory."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

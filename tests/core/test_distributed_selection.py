@@ -318,3 +318,25 @@ def test_head_validates_its_arguments(kwargs, message):
 def test_docstring_examples_run():
     failures, _ = doctest.testmod(ds, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert failures == 0
+
+
+@pytest.mark.parametrize("order", ["ascending", "reversed", "interleaved"])
+def test_merge_is_ascending_whatever_the_parts_order(order):
+    """Contiguous parts given in index order are concatenated without a sort; parts in
+    any other order (or holding interleaved indices) are still merged by index."""
+    rng = np.random.default_rng(3)
+    n = 1000
+    margins = rng.integers(0, 20, n).astype(np.float32)
+    labels = rng.integers(0, 4, n)
+    if order == "interleaved":
+        slices = [np.arange(i, n, 3) for i in range(3)]
+    else:
+        slices = [np.arange(a, b) for a, b in ((0, 300), (300, 650), (650, n))]
+        if order == "reversed":
+            slices = slices[::-1]
+    parts = [SelectionPart(margins[s], s, labels[s]) for s in slices]
+    for per_class in (False, True):
+        got = distributed_select(parts, ratio=0.3, per_class=per_class)
+        expected = select(margins, labels, ratio=0.3, per_class=per_class)
+        np.testing.assert_array_equal(got.indices, expected)
+        np.testing.assert_array_equal(got.margins, margins[expected])

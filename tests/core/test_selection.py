@@ -155,3 +155,12 @@ def test_k_outside_range_is_refused(k):
 def test_ratio_and_k_are_keyword_only():
     with pytest.raises(TypeError):
         select(np.zeros(10), None, 0.3)
+
+
+@pytest.mark.parametrize("per_class", [False, True])
+@pytest.mark.parametrize("budget_args", [{"k": 0}, {"ratio": 0.3}])
+def test_no_scores_select_nothing(per_class, budget_args):
+    """N = 0 (a shard group with no rows) selects nothing instead of crashing per class."""
+    chosen = select(np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64),
+                    per_class=per_class, **budget_args)
+    assert chosen.dtype == np.int64 and chosen.shape == (0,)
