@@ -10,7 +10,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -303,14 +304,8 @@ class JobCoordinator:
     def _check_same_dataset(self, job: _Job) -> None:
         """AlreadyExists if the job's dataset now encodes its samples differently (same
         URI and labels, another shape or decoder): that is another job, not this one."""
-        try:
+        with _dataset_errors():
             manifest = read_manifest(job.spec.dataset_uri)
-        except DatasetNotFound as exc:
-            raise NotFound(str(exc)) from None
-        except InvalidDatasetURI as exc:
-            raise InvalidArgument(str(exc)) from None
-        except ShardError as exc:
-            raise FailedPrecondition(f"malformed dataset: {exc}") from None
         changed = job.encoding.differences(DatasetEncoding.of(manifest))
         if changed:
             raise AlreadyExists(
@@ -396,17 +391,10 @@ class JobCoordinator:
         try:
             # The labels are hashed shard by shard against the fingerprint and not kept: the
             # scorers hold them for the selection (the head keeps nothing of size N).
-            manifest = verify_dataset(spec.dataset_uri, spec.fingerprint)
+            with _dataset_errors():
+                manifest = verify_dataset(spec.dataset_uri, spec.fingerprint)
         except UnknownName as exc:  # the manifest names a decoder no one registered here
             raise InvalidArgument(f"dataset {spec.dataset_uri}: {exc}") from None
-        except DatasetNotFound as exc:
-            raise NotFound(str(exc)) from None
-        except InvalidDatasetURI as exc:
-            raise InvalidArgument(str(exc)) from None
-        except FingerprintMismatch as exc:
-            raise FailedPrecondition(str(exc)) from None
-        except ShardError as exc:
-            raise FailedPrecondition(f"malformed dataset: {exc}") from None
         _check_input_shape(proxy, spec.proxy.architecture, manifest.sample_shape)
         if spec.resources.num_scorers > len(manifest.shards):
             raise InvalidArgument(
@@ -678,6 +666,21 @@ class JobCoordinator:
         for job in jobs:
             if job.scorers is not None:
                 job.scorers.shutdown()
+
+
+@contextmanager
+def _dataset_errors() -> Iterator[None]:
+    """Turn a dataset's read errors into the status a client can act on."""
+    try:
+        yield
+    except DatasetNotFound as exc:
+        raise NotFound(str(exc)) from None
+    except InvalidDatasetURI as exc:
+        raise InvalidArgument(str(exc)) from None
+    except FingerprintMismatch as exc:
+        raise FailedPrecondition(str(exc)) from None
+    except ShardError as exc:
+        raise FailedPrecondition(f"malformed dataset: {exc}") from None
 
 
 def _check_input_shape(proxy: torch.nn.Module, architecture: str,
