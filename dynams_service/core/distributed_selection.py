@@ -200,22 +200,12 @@ class SelectionPart:
         nan = int(np.isnan(m).sum())
         if nan:
             raise ValueError(f"margins contain {nan} NaN values")
-        idx = np.asarray(indices)
-        if idx.shape != m.shape:
-            raise ValueError(f"indices must have shape {m.shape} like margins, got {idx.shape}")
-        if idx.size and not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"indices must be integers, got dtype {idx.dtype}")
-        idx = idx.astype(np.int64)
+        idx = _int64_column("indices", indices, m.shape)
         if np.unique(idx).size != idx.size:
             raise ValueError("indices must be unique within a part")
         y = None
         if labels is not None:
-            y = np.asarray(labels)
-            if y.shape != m.shape:
-                raise ValueError(f"labels must have shape {m.shape} like margins, got {y.shape}")
-            if y.size and not np.issubdtype(y.dtype, np.integer):
-                raise ValueError(f"labels must be integers, got dtype {y.dtype}")
-            y = y.astype(np.int64)
+            y = _int64_column("labels", labels, m.shape)
             if y.size and y.min() < 0:
                 raise ValueError(f"labels must be >= 0, got minimum {int(y.min())}")
         self._margins = m
@@ -610,3 +600,13 @@ def _levels(bins: int) -> int:
 def _index_of(key: int) -> int:
     """The dataset index of an index key (the inverse of :func:`index_keys`)."""
     return key - (1 << 63)
+
+
+def _int64_column(name: str, values, shape: tuple[int, ...]) -> np.ndarray:
+    """``values`` as int64 after checking it is integer and shaped like the margins."""
+    a = np.asarray(values)
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape} like margins, got {a.shape}")
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{name} must be integers, got dtype {a.dtype}")
+    return a.astype(np.int64)
