@@ -111,7 +111,8 @@ def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
             margin_mode=_margin_mode_of(p.score),
             class_balance=_BALANCE[p.class_balance],
             ratio_schedule=_SCHEDULE[p.ratio_schedule], power_exponent=p.power_exponent,
-            seed=p.seed, staleness=_STALENESS[p.staleness],
+            seed=p.seed, staleness=_STALENESS[p.staleness], explore=p.explore,
+            coverage_strata=p.coverage_strata, coverage_prune=p.coverage_prune,
         ),
         resources=pb.ScorerResources(**spec.resources.model_dump()),
     )
@@ -122,7 +123,10 @@ def spec_from_proto(message: pb.JobSpec) -> JobSpec:
     p = message.policy
     policy: dict = {"ratio": p.ratio, "warmup_epochs": p.warmup_epochs,
                     "interval_epochs": p.interval_epochs, "anneal_epochs": p.anneal_epochs,
-                    "seed": p.seed}
+                    "seed": p.seed, "explore": p.explore,
+                    "coverage_strata": p.coverage_strata}
+    if p.HasField("coverage_prune"):
+        policy["coverage_prune"] = p.coverage_prune
     if p.power_exponent:
         policy["power_exponent"] = p.power_exponent
     score = _score_from_proto(p)

@@ -66,3 +66,24 @@ def test_malformed_score_name_is_refused():
     message.policy.score = "no such/score"
     with pytest.raises(ValueError, match="score"):
         spec_from_proto(message)
+
+
+@pytest.mark.parametrize("rule", [
+    {},
+    {"explore": 0.25},
+    {"coverage_strata": 50, "coverage_prune": 0.0},
+    {"coverage_strata": 20, "coverage_prune": 0.3},
+])
+def test_selection_rules_round_trip(rule):
+    sent = spec(**rule)
+    got = spec_from_proto(pb.JobSpec.FromString(spec_to_proto(sent).SerializeToString()))
+    assert got.policy == sent.policy
+
+
+def test_an_unset_coverage_prune_takes_the_default_and_a_bad_rule_is_refused():
+    message = spec_to_proto(spec(coverage_strata=10))
+    message.policy.ClearField("coverage_prune")
+    assert spec_from_proto(message).policy.coverage_prune == 0.1
+    message.policy.explore = 0.5  # with coverage: refused by the policy
+    with pytest.raises(ValueError, match="do not combine"):
+        spec_from_proto(message)

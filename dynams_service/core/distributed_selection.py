@@ -60,6 +60,7 @@ __all__ = [
     "Thresholds",
     "distributed_select",
     "index_keys",
+    "key_value",
     "max_passes",
     "order_keys",
 ]
@@ -191,7 +192,7 @@ class SelectionPart:
         array([1, 3])
     """
 
-    def __init__(self, margins, indices, labels=None) -> None:
+    def __init__(self, margins, indices, labels=None, reported=None) -> None:
         m = np.asarray(margins)
         if m.ndim != 1:
             raise ValueError(f"margins must be 1-D (n,), got shape {m.shape}")
@@ -208,10 +209,34 @@ class SelectionPart:
             y = _int64_column("labels", labels, m.shape)
             if y.size and y.min() < 0:
                 raise ValueError(f"labels must be >= 0, got minimum {int(y.min())}")
+        if reported is not None and np.shape(reported) != m.shape:
+            raise ValueError(f"reported must have shape {m.shape} like margins")
         self._margins = m
         self._indices = idx
         self._labels = y
+        self._reported = m if reported is None else np.asarray(reported)
         self._layouts: dict[bool, _Layout] = {}
+
+    @property
+    def margins(self) -> np.ndarray:
+        """The values the part is ordered by (read-only view)."""
+        return _read_only(self._margins)
+
+    @property
+    def indices(self) -> np.ndarray:
+        """The dataset indices, int64 (read-only view)."""
+        return _read_only(self._indices)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """The integer classes, int64, or None (read-only view)."""
+        return None if self._labels is None else _read_only(self._labels)
+
+    @property
+    def reported(self) -> np.ndarray:
+        """What :meth:`take` returns beside the indices: ``reported`` if given, else the
+        margins (a re-keyed part built by a selection rule reports the original scores)."""
+        return _read_only(self._reported)
 
     def __len__(self) -> int:
         return int(self._indices.size)
@@ -266,7 +291,20 @@ class SelectionPart:
         )
 
     def take(self, thresholds: Thresholds) -> tuple[np.ndarray, np.ndarray]:
-        """This part's selected dataset indices (ascending) and their margins."""
+        """This part's selected dataset indices (ascending) and their margins (or the
+        ``reported`` values the part was built with)."""
+        pos = self._chosen(thresholds)
+        pos = pos[np.argsort(self._indices[pos], kind="stable")]
+        return self._indices[pos], self._reported[pos]
+
+    def mask(self, thresholds: Thresholds) -> np.ndarray:
+        """``(n,)`` bool in the part's own row order: which rows ``thresholds`` keep."""
+        chosen = np.zeros(len(self), dtype=bool)
+        chosen[self._chosen(thresholds)] = True
+        return chosen
+
+    def _chosen(self, thresholds: Thresholds) -> np.ndarray:
+        """Row positions kept by ``thresholds`` (in layout order)."""
         lay = self._layout(thresholds.per_class)
         chosen = []
         for g, value, index in zip(thresholds.group, thresholds.value, thresholds.index,
@@ -278,9 +316,7 @@ class SelectionPart:
             tied = lay.ikeys[start + below:start + tied_end]
             count = below + int(np.searchsorted(tied, index, side="right"))
             chosen.append(lay.order[start:start + count])
-        pos = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.intp)
-        pos = pos[np.argsort(self._indices[pos], kind="stable")]
-        return self._indices[pos], self._margins[pos]
+        return np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.intp)
 
     def _layout(self, per_class: bool) -> _Layout:
         per_class = bool(per_class)
@@ -351,11 +387,14 @@ class PartHandle(Protocol):
 
 @dataclass(frozen=True)
 class DistributedSelection:
-    """The selected dataset indices (int64, ascending), their margins, and passes used."""
+    """The selected dataset indices (int64, ascending), their margins, the passes used,
+    and the per-group thresholds that define the selection (a later pass can re-apply
+    them, as the selection rules do)."""
 
     indices: np.ndarray
     margins: np.ndarray
     passes: int
+    thresholds: Thresholds | None = None
 
 
 @dataclass
@@ -397,6 +436,8 @@ def distributed_select(
     bins: int = DEFAULT_BINS,
     gather_limit: int | None = None,
     resolve: Callable[[list], Iterable] = list,
+    quotas: Callable[[np.ndarray, np.ndarray, int], np.ndarray] | None = None,
+    take: bool = True,
 ) -> DistributedSelection:
     """Select exactly what ``select()`` would on the parts' concatenation, without a gather.
 
@@ -411,6 +452,10 @@ def distributed_select(
         resolve: turns the list of one pass's call results into the values (default
             ``list``: in-process parts return values; over Ray, ``ray.get``). Results
             are folded as the iterable yields them.
+        quotas: ``(groups, counts, k) -> quota per group`` replaces the per-class split
+            (with ``per_class``; the quotas must sum to ``k``). Selection rules use it to
+            give strata their own budgets.
+        take: false skips the last pass: the result has the thresholds and no indices.
 
     Returns:
         :class:`DistributedSelection`; ``passes <= max_passes(bins)``.
@@ -450,9 +495,18 @@ def distributed_select(
         keep = int(k)
     else:
         keep = budget(total, ratio)
-    quotas = class_quotas(counts, keep) if per_class else np.minimum(counts, keep)
+    if quotas is not None and per_class:
+        group_quotas = np.asarray(quotas(groups, counts, keep), dtype=np.int64)
+        if (group_quotas.shape != counts.shape or int(group_quotas.sum()) != keep
+                or (group_quotas < 0).any() or (group_quotas > counts).any()):
+            raise ValueError(f"quotas must give each of the {counts.size} groups at most its "
+                             f"count and sum to k={keep}, got {group_quotas.tolist()[:16]}")
+    elif per_class:
+        group_quotas = class_quotas(counts, keep)
+    else:
+        group_quotas = np.minimum(counts, keep)
     active = []
-    for search, quota in zip(searches, quotas, strict=True):
+    for search, quota in zip(searches, group_quotas, strict=True):
         if quota:
             search.rank = int(quota)
             search.settle()
@@ -465,14 +519,15 @@ def distributed_select(
         _refine([s for s in active if s.threshold is None], per_class, bins, gather_limit,
                 fan_out)
 
-    if not active:
-        return DistributedSelection(_EMPTY_I64, np.zeros(0, dtype=np.float64), passes)
     thresholds = Thresholds(
         per_class=per_class,
         group=np.array([s.group for s in active], dtype=np.int64),
         value=np.array([s.threshold[0] for s in active], dtype=np.uint64),
         index=np.array([s.threshold[1] for s in active], dtype=np.uint64),
     )
+    if not active or not take:
+        return DistributedSelection(_EMPTY_I64, np.zeros(0, dtype=np.float64), passes,
+                                    thresholds)
     indices, margins = _merge_taken(fan_out(SelectionPart.take.__name__, thresholds))
     repeated = np.flatnonzero(indices[1:] == indices[:-1])
     if repeated.size:
@@ -481,7 +536,7 @@ def distributed_select(
     if indices.size != keep:
         raise AssertionError(f"expected {keep} selected samples from the parts, got "
                              f"{indices.size} (did a part change between passes?)")
-    return DistributedSelection(indices, margins, passes)
+    return DistributedSelection(indices, margins, passes, thresholds)
 
 
 def _merge_taken(replies: Iterable[tuple[np.ndarray, np.ndarray]]
@@ -595,6 +650,19 @@ def _levels(bins: int) -> int:
     while reach < 1 << 64:
         p, reach = p + 1, reach * bins
     return p
+
+
+def key_value(key: int) -> float:
+    """The float a value key stands for (the inverse of :func:`order_keys`)."""
+    k = np.uint64(key)
+    bits = (k ^ _SIGN) if k & _SIGN else ~k
+    return float(np.array([bits], dtype=np.uint64).view(np.float64)[0])
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    view = a.view()
+    view.flags.writeable = False
+    return view
 
 
 def _index_of(key: int) -> int:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .selection import budget
+from .selection_rules import SelectionRule
 
 __all__ = ["EpochKind", "EpochPlan", "Plan", "SelectionPolicy"]
 
@@ -115,6 +116,21 @@ class SelectionPolicy(BaseModel):
     )
     power_exponent: float = Field(1.0, gt=0, le=10)
     seed: int = Field(0, ge=0, lt=2**63)
+    explore: float = Field(
+        0.0, ge=0, lt=1,
+        description="share of each selection drawn uniformly from the samples outside the "
+        "hard cut (0: the hard cut alone)",
+    )
+    coverage_strata: int = Field(
+        0, ge=0, le=1000,
+        description="coverage selection (CCS): draw the budget uniformly from this many "
+        "equal-width score strata, water-filled (0: off; needs class_balance='global')",
+    )
+    coverage_prune: float = Field(
+        0.1, ge=0, lt=1,
+        description="with coverage_strata: share of the lowest scores (the hardest, often "
+        "mislabeled) dropped before stratifying",
+    )
     staleness: Literal["sync", "pipelined"] = Field(
         "pipelined",
         description="'pipelined' (default): the trainer pushes early so scoring overlaps the "
@@ -142,6 +158,22 @@ class SelectionPolicy(BaseModel):
         if self.ratio_schedule == "power" and self.ratio == 1:
             raise ValueError("ratio_schedule='power' needs ratio < 1 (nothing can decay)")
         return self
+
+    @model_validator(mode="after")
+    def _rule_is_coherent(self) -> SelectionPolicy:
+        if self.coverage_strata and self.explore:
+            raise ValueError("explore and coverage_strata do not combine: coverage draws "
+                             "every sample at random already")
+        if self.coverage_strata and self.per_class:
+            raise ValueError("coverage_strata needs class_balance='global' (the strata "
+                             "split the budget instead of the classes)")
+        return self
+
+    @property
+    def rule(self) -> SelectionRule:
+        """What each round keeps beyond the hard cut (``core.selection_rules``)."""
+        return SelectionRule(explore=self.explore, coverage_strata=self.coverage_strata,
+                             coverage_prune=self.coverage_prune)
 
     def _round_lengths(self, epochs: int) -> list[int]:
         return _round_lengths(self.warmup_epochs, self.interval_epochs, self.anneal_epochs,

@@ -559,7 +559,7 @@ class JobCoordinator:
             scored = scorers.score(snapshot, policy.score)
             scored_at = time.perf_counter()
             # The scorers keep the margins: NOTE [ scorers keep their margins ] in scorer.py.
-            selection = scorers.select(job.plan[epoch].size)
+            selection = scorers.select(job.plan[epoch].size, round_)
             chosen = selection.indices
             result = RoundResult(round_, epoch, version, chosen, selection.margins,
                                  time.perf_counter() - started)

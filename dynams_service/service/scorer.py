@@ -38,12 +38,12 @@ from ..core.distributed_selection import (
     SelectionPart,
     Summary,
     Thresholds,
-    distributed_select,
 )
 from ..core.job import JobSpec
 from ..core.models import build_architecture
 from ..core.registry import load_plugin_modules, plugin_modules
 from ..core.scoring import score_batches
+from ..core.selection_rules import PartView, round_seed, rule_select, view_part
 from ..core.shards import DatasetManifest, ShardError, shard_groups
 from ..core.stream import ShardStream
 from .errors import Internal
@@ -71,29 +71,38 @@ class PartHolder:
     """
 
     part: SelectionPart | None = None
+    _view: tuple[str, SelectionPart] | None = None  # the last re-keyed part (rules)
 
     def keep_part(self, indices: np.ndarray, margins: np.ndarray, labels: np.ndarray | None,
                   per_class: bool) -> int:
         """Hold this round's scores, sorted for ``per_class``; returns the row count."""
-        self.part = None  # the previous round's part goes before the new one is built
+        self.part = self._view = None  # the previous round's go before the new one is built
         self.part = SelectionPart(margins, indices, labels)
         self.part.prepare(per_class)
         return len(self.part)
 
-    def _held(self) -> SelectionPart:
+    def _held(self, view: PartView | None = None) -> SelectionPart:
+        """The part, or the part re-keyed by a selection rule's ``view`` (built once)."""
         if self.part is None:
             raise PartMissing("this scorer holds no scores (restarted since the round "
                               "scored); score its shard group again")
-        return self.part
+        if view is None:
+            return self.part
+        digest = view.digest()
+        if self._view is None or self._view[0] != digest:
+            self._view = None
+            self._view = (digest, view_part(self.part, view))
+        return self._view[1]
 
-    def census(self, per_class: bool) -> Census:
-        return self._held().census(per_class)
+    def census(self, per_class: bool, view: PartView | None = None) -> Census:
+        return self._held(view).census(per_class)
 
-    def summary(self, query: RangeQuery) -> Summary:
-        return self._held().summary(query)
+    def summary(self, query: RangeQuery, view: PartView | None = None) -> Summary:
+        return self._held(view).summary(query)
 
-    def take(self, thresholds: Thresholds) -> tuple[np.ndarray, np.ndarray]:
-        return self._held().take(thresholds)
+    def take(self, thresholds: Thresholds,
+             view: PartView | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self._held(view).take(thresholds)
 
     def peak_rss(self) -> int:
         """This process's peak resident memory in bytes (VmHWM; for memory benchmarks)."""
@@ -282,21 +291,25 @@ class JobScorers:
         self._round = (snapshot_ref, mode)
         return ScoredShards(rows, time.perf_counter() - started)
 
-    def select(self, k: int, timeout: float = 3600) -> DistributedSelection:
-        """The ``k`` lowest margins of the last :meth:`score` (per class if the job's
-        policy says so), exactly as ``core.select`` on all of them: indices ascending and
-        their margins. Only the selection itself travels; see NOTE [ scorers keep their
-        margins ]. Raises ``Internal`` on a timeout or a scorer lost too often."""
+    def select(self, k: int, round_: int = 0, timeout: float = 3600) -> DistributedSelection:
+        """Round ``round_``'s ``k`` samples from the last :meth:`score` under the job's
+        policy: the lowest margins (per class if it says so), exactly as ``core.select``
+        on all of them, or its selection rule (``core.selection_rules``, seeded by the
+        policy seed and the round). Indices ascending and their margins. Only the
+        selection itself travels; see NOTE [ scorers keep their margins ]. Raises
+        ``Internal`` on a timeout or a scorer lost too often."""
         if self._round is None:
             raise Internal(f"job {self.job_id!r}: select() before a completed score()")
         deadline = time.monotonic() + timeout
         rescored = [0] * len(self.actors)
         while True:
-            parts = [_RemotePart(a) for a in self.actors]
+            policy = self.spec.policy
             try:
-                return distributed_select(parts, k=k, per_class=self.spec.policy.per_class,
-                                          resolve=lambda futures: self._resolve(futures,
-                                                                                deadline))
+                return rule_select(
+                    lambda view: [_RemotePart(a, view) for a in self.actors],
+                    k=k, rule=policy.rule, seed=round_seed(policy.seed, round_),
+                    per_class=policy.per_class,
+                    resolve=lambda futures: self._resolve(futures, deadline))
             except _PartLost as lost:
                 rescored[lost.i] += 1
                 if rescored[lost.i] > self.max_recreations:
@@ -366,19 +379,21 @@ class _PartLost(Exception):
 
 
 class _RemotePart:
-    """A scorer actor as a ``PartHandle``: each call returns a Ray future."""
+    """A scorer actor as a ``PartHandle`` (re-keyed by ``view`` on the actor's side when
+    given): each call returns a Ray future."""
 
-    def __init__(self, actor) -> None:
+    def __init__(self, actor, view: PartView | None = None) -> None:
         self.actor = actor
+        self.extra = () if view is None else (view,)
 
     def census(self, per_class: bool):
-        return self.actor.census.remote(per_class)
+        return self.actor.census.remote(per_class, *self.extra)
 
     def summary(self, query: RangeQuery):
-        return self.actor.summary.remote(query)
+        return self.actor.summary.remote(query, *self.extra)
 
     def take(self, thresholds: Thresholds):
-        return self.actor.take.remote(thresholds)
+        return self.actor.take.remote(thresholds, *self.extra)
 
 
 def _create_named(create, name: str, timeout: float = 30.0):

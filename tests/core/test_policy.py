@@ -110,3 +110,16 @@ def test_margin_mode_of_older_callers_sets_the_score():
 def test_any_well_formed_score_name_is_accepted_here():
     """The selector checks names against its registry; a client may name an operator's."""
     assert SelectionPolicy(score="operators.custom-score_2").score == "operators.custom-score_2"
+
+
+def test_selection_rule_knobs_validate_and_build_the_rule():
+    policy = SelectionPolicy(explore=0.2)
+    assert policy.rule.explore == 0.2 and not policy.rule.hard_cut
+    assert SelectionPolicy().rule.hard_cut
+    assert SelectionPolicy(coverage_strata=50).rule.coverage_prune == 0.1
+    for bad, match in (({"explore": 1.0}, "explore"),
+                       ({"coverage_strata": 4, "explore": 0.1}, "do not combine"),
+                       ({"coverage_strata": 4, "class_balance": "per_class"}, "global"),
+                       ({"coverage_prune": -0.1}, "coverage_prune")):
+        with pytest.raises(ValidationError, match=match):
+            SelectionPolicy(**bad)

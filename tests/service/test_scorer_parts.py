@@ -12,7 +12,9 @@ import pytest
 import ray
 
 from dynams_service import score, select
+from dynams_service.core.distributed_selection import SelectionPart
 from dynams_service.core.proxy import build_proxy, export_psp, records_to_state, spec_of
+from dynams_service.core.selection_rules import round_seed, rule_select, view_part
 from dynams_service.core.shards import decode_samples, read_shards
 from dynams_service.service.scorer import JobScorers
 
@@ -59,3 +61,34 @@ def test_selection_over_kept_margins_survives_a_lost_part(ray_cluster, small_sha
     chosen, margins = expected(small_shards, trained_model, per_class, 1200)
     np.testing.assert_array_equal(got.indices, chosen)
     np.testing.assert_allclose(got.margins, margins[chosen], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("rule", "loss"), [
+    ({"explore": 0.3}, "SIGKILL"),
+    ({"coverage_strata": 8, "coverage_prune": 0.2}, "none"),
+])
+def test_selection_rules_on_the_actors_equal_the_in_process_rule(ray_cluster, small_shards,
+                                                                trained_model, snapshot,
+                                                                rule, loss):
+    """Explore and coverage re-key each actor's part on its side; the result equals the
+    rule run in one process over all margins, for the round's seed, after a lost part too."""
+    uri, manifest = small_shards
+    spec = make_spec(small_shards, f"rules-{'-'.join(rule)}".replace("_", "-"),
+                     class_balance="global", **rule)
+    spec = spec.model_copy(update={"resources": spec.resources.model_copy(
+        update={"num_cpus": 0})})
+    scorers = JobScorers(spec, manifest)
+    try:
+        scorers.score(snapshot, "distance")
+        if loss == "SIGKILL":
+            os.kill(ray.get(scorers.actors[0].pid.remote()), signal.SIGKILL)
+        got = scorers.select(1200, round_=3)
+    finally:
+        scorers.shutdown()
+    _, margins = expected(small_shards, trained_model, False, 1200)
+    part = SelectionPart(margins, np.arange(margins.size))
+    want = rule_select(lambda v: [part if v is None else view_part(part, v)], k=1200,
+                       rule=spec.policy.rule, seed=round_seed(spec.policy.seed, 3))
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_allclose(got.margins, margins[want.indices], rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(want.indices, select(margins, k=1200))  # not the hard cut

@@ -99,7 +99,7 @@ class ProxySpec(_message.Message):
     def __init__(self, architecture: _Optional[str] = ..., width: _Optional[float] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("ratio", "warmup_epochs", "interval_epochs", "anneal_epochs", "margin_mode", "class_balance", "ratio_schedule", "power_exponent", "seed", "staleness", "score")
+    __slots__ = ("ratio", "warmup_epochs", "interval_epochs", "anneal_epochs", "margin_mode", "class_balance", "ratio_schedule", "power_exponent", "seed", "staleness", "score", "explore", "coverage_strata", "coverage_prune")
     RATIO_FIELD_NUMBER: _ClassVar[int]
     WARMUP_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,9 @@ class Policy(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     STALENESS_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    EXPLORE_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_STRATA_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_PRUNE_FIELD_NUMBER: _ClassVar[int]
     ratio: float
     warmup_epochs: int
     interval_epochs: int
@@ -122,7 +125,10 @@ class Policy(_message.Message):
     seed: int
     staleness: Staleness
     score: str
-    def __init__(self, ratio: _Optional[float] = ..., warmup_epochs: _Optional[int] = ..., interval_epochs: _Optional[int] = ..., anneal_epochs: _Optional[int] = ..., margin_mode: _Optional[_Union[MarginMode, str]] = ..., class_balance: _Optional[_Union[ClassBalance, str]] = ..., ratio_schedule: _Optional[_Union[RatioSchedule, str]] = ..., power_exponent: _Optional[float] = ..., seed: _Optional[int] = ..., staleness: _Optional[_Union[Staleness, str]] = ..., score: _Optional[str] = ...) -> None: ...
+    explore: float
+    coverage_strata: int
+    coverage_prune: float
+    def __init__(self, ratio: _Optional[float] = ..., warmup_epochs: _Optional[int] = ..., interval_epochs: _Optional[int] = ..., anneal_epochs: _Optional[int] = ..., margin_mode: _Optional[_Union[MarginMode, str]] = ..., class_balance: _Optional[_Union[ClassBalance, str]] = ..., ratio_schedule: _Optional[_Union[RatioSchedule, str]] = ..., power_exponent: _Optional[float] = ..., seed: _Optional[int] = ..., staleness: _Optional[_Union[Staleness, str]] = ..., score: _Optional[str] = ..., explore: _Optional[float] = ..., coverage_strata: _Optional[int] = ..., coverage_prune: _Optional[float] = ...) -> None: ...
 
 class ScorerResources(_message.Message):
     __slots__ = ("num_scorers", "num_cpus", "num_gpus", "batch_size", "cache_bytes")
