@@ -18,20 +18,25 @@ Examples::
     .venv/bin/python benchmarks/quality.py --ablations --epochs 8 --max-samples 20000
 
 Results accumulate in ``--out``/quality.json keyed by (method, ratio, seed, epochs,
-max_samples); a key already there is skipped unless ``--force``, so an interrupted sweep
-resumes where it stopped. ``quality.md`` and the PNG plots are rebuilt after every run.
-``--out`` defaults to ``benchmarks/results``; a ``--quick`` smoke run never writes there
-and, without ``--out``, writes to a new ``runs/quality-quick-*`` directory (gitignored).
+max_samples, label_noise); a key already there is skipped unless ``--force``, so an
+interrupted sweep resumes where it stopped. ``quality.md`` and the PNG plots are rebuilt
+after every run. ``--out`` defaults to ``benchmarks/results`` (``--label-noise P``:
+``benchmarks/results/label-noise-P``); a ``--quick`` smoke run never writes there and,
+without ``--out``, writes to a new ``runs/quality-quick-*`` directory (gitignored).
 
 Method names: ``full``, ``uniform``, ``static-margin``, ``infobatch``, ``dynams-full-proxy``,
 ``dynams-psp-<α>``, ``uniform-psp-<α>``, ``uniform-compute-matched``; knob suffixes make
 ablations: ``-signed``, ``-global``, ``-int<N>`` (interval), ``-warm<N>`` (warm-up),
 ``-power`` (power ratio schedule), ``-lam<λ>`` (PSP loss weight), ``-bf<f>`` (PSP loss on
 the first f of each batch), ``-distill`` (PSP distilled from the full model's outputs),
-``-pipe`` (pipelined staleness: margins from weights a quarter epoch old), e.g.
-``dynams-psp-0.25-signed`` or ``uniform-warm3``. Each base kind chooses its epochs' samples
-in one small function (``CHOOSERS``); names are parsed in ``quality_methods.py``, and the
-tables and plots are written by ``quality_report.py``.
+``-pipe`` (pipelined staleness: margins from weights a quarter epoch old), scores
+``-signed``/``-loss``/``-el2n``, selection rules ``-exp<e>`` (explore share), ``-ccs<S>``
+and ``-cp<β>`` (coverage strata and pruned share; needs ``-global``), ``-ann<N>`` (N
+full-data anneal epochs) and ``-ev<k>`` (the PSP loss on every k-th step), e.g.
+``dynams-psp-0.25-signed``, ``dynams-psp-0.25-global-exp0.2`` or ``uniform-warm3``. Each
+base kind chooses its epochs' samples in one small function (``CHOOSERS``); names are
+parsed in ``quality_methods.py``, and the tables and plots are written by
+``quality_report.py``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
@@ -76,13 +82,16 @@ from benchmarks.quality_methods import (  # noqa: E402
 from benchmarks.quality_report import (  # noqa: E402
     atomic_write,
     psp_cost_lines,
+    write_frontier_plots,
     write_markdown,
     write_plots,
 )
 from dynams_service.client.joint_training import JointPSP, psp_loss  # noqa: E402
+from dynams_service.core.distributed_selection import SelectionPart  # noqa: E402
 from dynams_service.core.idx import load_idx_split  # noqa: E402
 from dynams_service.core.policy import EpochKind, EpochPlan, Plan  # noqa: E402
 from dynams_service.core.proxy import build_proxy, export_psp  # noqa: E402
+from dynams_service.core.selection_rules import round_seed, rule_select, view_part  # noqa: E402
 
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -108,8 +117,14 @@ class Data:
         return len(self.y_train)
 
 
-def load_data(data_dir: str, max_samples: int | None, max_test: int | None) -> Data:
-    """Fashion-MNIST from IDX files, the first ``max_samples``/``max_test`` rows, normalised."""
+NOISE_SEED = 20231  # one fixed noisy training set for every method and seed (paired runs)
+
+
+def load_data(data_dir: str, max_samples: int | None, max_test: int | None,
+              label_noise: float = 0.0) -> Data:
+    """Fashion-MNIST from IDX files, the first ``max_samples``/``max_test`` rows, normalised.
+    ``label_noise``: that share of training labels (the test set stays clean) flipped to
+    another class drawn uniformly (symmetric noise), the same flips for every run."""
 
     def prep(split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = load_idx_split(data_dir, split)
@@ -120,7 +135,21 @@ def load_data(data_dir: str, max_samples: int | None, max_test: int | None) -> D
 
     x_train, y_train = prep("train", max_samples)
     x_test, y_test = prep("test", max_test)
+    if label_noise:
+        y_train = flip_labels(y_train, label_noise, num_classes=10)
     return Data(x_train, y_train, x_test, y_test)
+
+
+def flip_labels(labels: torch.Tensor, share: float, num_classes: int) -> torch.Tensor:
+    """Symmetric label noise: exactly ⌊share·N⌋ labels, chosen uniformly, each moved to one
+    of the other classes uniformly (seeded by ``NOISE_SEED``)."""
+    gen = torch.Generator().manual_seed(NOISE_SEED)
+    n = len(labels)
+    flipped = torch.randperm(n, generator=gen)[:math.floor(share * n)]
+    shift = torch.randint(1, num_classes, (flipped.numel(),), generator=gen)
+    noisy = labels.clone()
+    noisy[flipped] = (labels[flipped] + shift) % num_classes
+    return noisy
 
 
 # --- training --------------------------------------------------------------------------
@@ -144,6 +173,7 @@ class RunConfig:
     subset_ratio: float | None = None  # overrides ratio for the plan (compute-matched)
     score_batch_size: int | None = None  # None: dms.score's default
     eval_every: int = 1  # test accuracy every N epochs (and always after the last)
+    label_noise: float = 0.0  # share of training labels flipped (the data's variant)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -290,11 +320,21 @@ def _choose_infobatch(run: Run, epoch: int, ep: EpochPlan) -> tuple[torch.Tensor
 
 
 def _select_by_margin(run: Run, scorer: dms.SlimmableModel, ep: EpochPlan) -> torch.Tensor:
-    """The round's selection: the lowest margins under ``scorer`` at the round's ratio."""
+    """The round's selection at the round's ratio: the lowest scores under ``scorer``, or
+    the policy's selection rule (explore, coverage) run by the same core code as the
+    selector's, seeded by (seed, round) as the selector seeds it."""
     m = _margin_scores(scorer, run.spec, run.data.x_train, run.data.y_train,
                        run.cfg.score_batch_size)
-    return dms.select(m, run.data.y_train, ratio=run.round_ratios[ep.round],
-                      per_class=run.spec.class_balance == "per_class")
+    per_class = run.spec.class_balance == "per_class"
+    rule = run.spec.policy(run.round_ratios[ep.round], run.cfg.seed).rule
+    if rule.hard_cut:
+        return dms.select(m, run.data.y_train, ratio=run.round_ratios[ep.round],
+                          per_class=per_class)
+    part = SelectionPart(m.numpy(), np.arange(len(m)), run.data.y_train.numpy())
+    chosen = rule_select(lambda view: [part if view is None else view_part(part, view)],
+                         k=ep.size, rule=rule, seed=round_seed(run.cfg.seed, ep.round),
+                         per_class=per_class)
+    return torch.from_numpy(chosen.indices)
 
 
 CHOOSERS: dict[str, Chooser] = {
@@ -345,7 +385,8 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
               anneal_from=cfg.epochs - max(1, math.ceil(cfg.infobatch_anneal * cfg.epochs)),
               prev_loss=torch.full((data.num_train,), float("nan")))
     joint = (None if spec.psp_width is None
-             else JointPSP(model, spec.psp_width, batch_fraction=spec.psp_batch_fraction))
+             else JointPSP(model, spec.psp_width, batch_fraction=spec.psp_batch_fraction,
+                           every=spec.psp_every))
     choose = CHOOSERS[spec.kind]
     for epoch, ep in enumerate(plan.epochs):
         keep, weights = _choose_epoch(run, choose, epoch, ep)
@@ -473,6 +514,7 @@ def _record(run: Run, wall_start: float) -> dict[str, Any]:
         "seed": cfg.seed,
         "epochs": cfg.epochs,
         "max_samples": cfg.max_samples,
+        "label_noise": cfg.label_noise,
         "num_train": n,
         "num_test": len(run.data.y_test),
         "final_accuracy": run.accs[-1],
@@ -505,6 +547,9 @@ def _record(run: Run, wall_start: float) -> dict[str, Any]:
             "interval_epochs": spec.interval_epochs, "warmup_epochs": spec.warmup_epochs,
             "ratio_schedule": spec.ratio_schedule, "staleness": spec.staleness,
             "psp_batch_fraction": spec.psp_batch_fraction, "distill": spec.distill,
+            "explore": spec.explore, "coverage_strata": spec.coverage_strata,
+            "coverage_prune": spec.coverage_prune, "anneal_epochs": spec.anneal_epochs,
+            "psp_every": spec.psp_every,
             **({"pipeline_lead_epochs": PIPE_LEAD} if spec.staleness == "pipelined" else {}),
             "batch_size": cfg.batch_size, "lr": cfg.lr,
             "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "nesterov": True,
@@ -556,7 +601,8 @@ def compute_matched_ratio(records: Sequence[dict[str, Any]], ratio: float, epoch
 
 
 def record_key(r: dict[str, Any]) -> tuple:
-    return (r["method"], r["ratio"], r["seed"], r["epochs"], r.get("max_samples"))
+    return (r["method"], r["ratio"], r["seed"], r["epochs"], r.get("max_samples"),
+            r.get("label_noise", 0.0))
 
 
 def load_results(out: Path) -> list[dict[str, Any]]:
@@ -565,10 +611,17 @@ def load_results(out: Path) -> list[dict[str, Any]]:
 
 
 def save_result(out: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
-    """Merge one record into ``quality.json`` (re-read first; atomic replace) and return all."""
-    records = [r for r in load_results(out) if record_key(r) != record_key(record)]
-    records.append(record)
-    atomic_write(out / "quality.json", json.dumps(records, indent=1))
+    """Merge one record into ``quality.json`` (re-read first; atomic replace) and return all.
+    One directory holds one data variant: its tables do not tell label noise apart."""
+    with open(out / "quality.json.lock", "w") as lock:  # sweeps may share a directory
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        records = [r for r in load_results(out) if record_key(r) != record_key(record)]
+        noise = {r.get("label_noise", 0.0) for r in records} - {record["label_noise"]}
+        if noise:
+            raise ValueError(f"{out} holds runs with label noise {sorted(noise)}; write runs "
+                             f"with label noise {record['label_noise']} to another --out")
+        records.append(record)
+        atomic_write(out / "quality.json", json.dumps(records, indent=1))
     return records
 
 
@@ -592,15 +645,25 @@ def measure_psp_cost(data: Data, steps: int, batch_size: int, seed: int,
     gen = _generator(seed, 99)
     n = data.num_train
     variants = ["plain", "joint-0.25", "joint-0.5", "joint-0.25-bf0.5", "joint-0.25-bf0.25",
-                "proxy-only-0.25", "proxy-only-0.5"]
+                "joint-0.25-bf0.5-ev2", "joint-0.25-bf0.5-ev4", "proxy-only-0.25",
+                "proxy-only-0.5"]
     times: dict[str, list[float]] = {v: [] for v in variants}
     cpu: dict[str, list[float]] = {v: [] for v in variants}
     for i in range(warmup + steps):
         rot = i % len(variants)
         for v in variants[rot:] + variants[:rot]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            if "-ev" in v:  # k steps, the first joint: one sample is their mean step time
+                k = int(v.rsplit("-ev", 1)[1])
+                for j in range(k):
+                    _timed_step(model, opt, data, batch_size, gen,
+                                psp=(0.25, 0.5) if j == 0 else None)
+                if i >= warmup:
+                    times[v].append((time.perf_counter() - t0) / k)
+                    cpu[v].append((time.process_time() - c0) / k)
+                continue
             idx = torch.randint(n, (batch_size,), generator=gen)
             x, y = data.x_train[idx], data.y_train[idx]
-            t0, c0 = time.perf_counter(), time.process_time()
             if v.startswith("proxy-only"):
                 w = float(v.rsplit("-", 1)[1])
                 loss = F.cross_entropy(proxies[w](x), y)
@@ -630,7 +693,8 @@ def measure_psp_cost(data: Data, steps: int, batch_size: int, seed: int,
         "step_ms_p25_p75": {v: [1e3 * float(np.percentile(t, 25)),
                                 1e3 * float(np.percentile(t, 75))] for v, t in times.items()},
         "joint_overhead_pct": {w: 100 * (med[f"joint-{w}"] / med["plain"] - 1)
-                               for w in ("0.25", "0.5", "0.25-bf0.5", "0.25-bf0.25")},
+                               for w in ("0.25", "0.5", "0.25-bf0.5", "0.25-bf0.25",
+                                         "0.25-bf0.5-ev2", "0.25-bf0.5-ev4")},
         "ideal_overhead_pct": {w: 100 * med[f"proxy-only-{w}"] / med["plain"]
                                for w in ("0.25", "0.5")},
     }
@@ -666,6 +730,22 @@ def measure_psp_cost(data: Data, steps: int, batch_size: int, seed: int,
     if profile:
         result["profile_joint_0.5_top_ops"] = _profile_joint(model, opt, data, batch_size, gen)
     return result
+
+
+def _timed_step(model: dms.SlimmableModel, opt: torch.optim.Optimizer, data: Data,
+                batch_size: int, gen: torch.Generator,
+                psp: tuple[float, float] | None) -> None:
+    """One SGD step on a random batch; ``psp=(width, batch fraction)`` adds the PSP loss."""
+    idx = torch.randint(data.num_train, (batch_size,), generator=gen)
+    x, y = data.x_train[idx], data.y_train[idx]
+    loss = F.cross_entropy(model(x), y)
+    if psp is not None:
+        width, fraction = psp
+        k = round(batch_size * fraction)
+        loss = loss + F.cross_entropy(model(x[:k], width=width), y[:k])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
 
 
 def _profile_joint(model: dms.SlimmableModel, opt: torch.optim.Optimizer, data: Data,
@@ -716,6 +796,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="3", help="a count (0..N-1) or a comma list of seeds")
     p.add_argument("--max-samples", type=int, default=None, help="train on the first N samples")
     p.add_argument("--max-test", type=int, default=None, help="evaluate on the first N samples")
+    p.add_argument("--label-noise", type=float, default=0.0,
+                   help="flip this share of training labels (symmetric noise; the test set "
+                        "stays clean); without --out, results go to "
+                        "benchmarks/results/label-noise-<share>/")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--lam", type=float, default=1.0, help="PSP loss weight λ (default 1)")
@@ -762,14 +846,15 @@ def run_quality(args: argparse.Namespace, data: Data) -> list[dict[str, Any]]:
                 if spec.kind == "infobatch" and spec.name == "infobatch" \
                         and args.infobatch_prune != 0.5:
                     spec = dataclasses.replace(spec, name=f"infobatch-p{args.infobatch_prune:g}")
-                key = (spec.name, run_ratio, seed, args.epochs, args.max_samples)
+                key = (spec.name, run_ratio, seed, args.epochs, args.max_samples,
+                       args.label_noise)
                 if key in done and not args.force:
                     continue
                 cfg = RunConfig(method=spec, ratio=run_ratio, seed=seed, epochs=args.epochs,
                                 max_samples=args.max_samples, batch_size=args.batch_size,
                                 lr=args.lr, infobatch_prune=args.infobatch_prune,
                                 score_batch_size=args.score_batch_size,
-                                eval_every=args.eval_every)
+                                eval_every=args.eval_every, label_noise=args.label_noise)
                 if spec.kind == "uniform-compute-matched":
                     matched = compute_matched_ratio(records, ratio, args.epochs,
                                                     args.max_samples, data.num_train)
@@ -788,9 +873,18 @@ def run_quality(args: argparse.Namespace, data: Data) -> list[dict[str, Any]]:
                       f"{record['train_seconds']:.1f}s scoring {record['scoring_seconds']:.1f}s",
                       flush=True)
                 if not args.quick:  # long sweeps: keep the table and plots current
-                    write_markdown(args.out, records, _load_psp_cost(args.out))
-                    write_plots(args.out, records, args.max_samples, args.epochs)
+                    write_report(args.out, records, args.max_samples, args.epochs)
     return records
+
+
+def write_report(out: Path, records: list[dict[str, Any]], max_samples: int | None,
+                 epochs: int) -> None:
+    """``quality.md``, the plots of one setting and every setting's frontier plot. Runs in
+    a directory without its own PSP cost measurement are priced by the committed one."""
+    cost = _load_psp_cost(out) or _load_psp_cost(DEFAULT_OUT)
+    write_markdown(out, records, cost)
+    write_plots(out, records, max_samples, epochs)
+    write_frontier_plots(out, records, cost)
 
 
 def _load_psp_cost(out: Path) -> dict[str, Any] | None:
@@ -799,11 +893,14 @@ def _load_psp_cost(out: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def output_dir(out: Path | None, quick: bool) -> Path:
+def output_dir(out: Path | None, quick: bool, label_noise: float = 0.0) -> Path:
     """Where a run writes. A ``--quick`` smoke run never writes into the committed results
-    (``DEFAULT_OUT``): without ``--out`` it gets a new directory under ``QUICK_RUNS``."""
+    (``DEFAULT_OUT``): without ``--out`` it gets a new directory under ``QUICK_RUNS``.
+    Label-noise runs default to their own directory under ``DEFAULT_OUT``."""
     if not quick:
-        return DEFAULT_OUT if out is None else out
+        if out is not None:
+            return out
+        return DEFAULT_OUT / f"label-noise-{label_noise:g}" if label_noise else DEFAULT_OUT
     if out is None:
         return QUICK_RUNS / f"quality-quick-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     if out.resolve().is_relative_to(DEFAULT_OUT):
@@ -822,7 +919,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         args.psp_steps = min(args.psp_steps, 4)
         args.methods = args.methods or QUICK_METHODS
     try:
-        args.out = output_dir(args.out, args.quick)
+        args.out = output_dir(args.out, args.quick, args.label_noise)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -832,9 +929,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if args.report:
-        records = load_results(args.out)
-        write_markdown(args.out, records, _load_psp_cost(args.out))
-        write_plots(args.out, records, args.max_samples, args.epochs)
+        write_report(args.out, load_results(args.out), args.max_samples, args.epochs)
         return 0
     if args.psp_cost or args.quick:
         data = load_data(args.data_dir, args.max_samples, 1)
@@ -851,10 +946,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         write_markdown(args.out, load_results(args.out), costs)
         if args.psp_cost:
             return 0
-    data = load_data(args.data_dir, args.max_samples, args.max_test)
+    data = load_data(args.data_dir, args.max_samples, args.max_test, args.label_noise)
     records = run_quality(args, data)
-    write_markdown(args.out, records, _load_psp_cost(args.out))
-    write_plots(args.out, records, args.max_samples, args.epochs)
+    write_report(args.out, records, args.max_samples, args.epochs)
     print(f"wrote {args.out}/quality.json, quality.md and plots "
           f"({time.perf_counter() - start:.1f} s)")
     return 0

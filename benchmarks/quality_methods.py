@@ -39,7 +39,7 @@ class MethodSpec:
     kind: str
     psp_width: float | None = None  # width of the joint-loss sub-network (None: plain CE)
     lam: float = 1.0
-    margin_mode: str = "distance"
+    margin_mode: str = "distance"  # the registered score ranked by (policy.score)
     class_balance: str = "per_class"
     interval_epochs: int = 1
     warmup_epochs: int = 1
@@ -47,6 +47,11 @@ class MethodSpec:
     psp_batch_fraction: float = 1.0  # share of each batch the PSP loss sees
     distill: bool = False  # PSP learns the full model's softened outputs instead of labels
     staleness: str = "sync"  # "pipelined": score weights snapshotted PIPE_LEAD epochs early
+    explore: float = 0.0  # policy.explore: share of each selection drawn uniformly
+    coverage_strata: int = 0  # policy.coverage_strata (CCS); 0: off
+    coverage_prune: float = 0.1  # policy.coverage_prune
+    anneal_epochs: int = 0  # policy.anneal_epochs: full-data epochs at the end
+    psp_every: int = 1  # the joint PSP loss on every k-th step only (JointPSP(every=k))
 
     @property
     def follows_plan(self) -> bool:
@@ -58,8 +63,10 @@ class MethodSpec:
         """The selection policy (and so the plan) this method trains under at ``ratio``."""
         return SelectionPolicy(
             ratio=ratio, warmup_epochs=self.warmup_epochs, interval_epochs=self.interval_epochs,
-            margin_mode=self.margin_mode, class_balance=self.class_balance,
+            score=self.margin_mode, class_balance=self.class_balance,
             ratio_schedule=self.ratio_schedule, seed=seed, staleness=self.staleness,
+            explore=self.explore, coverage_strata=self.coverage_strata,
+            coverage_prune=self.coverage_prune, anneal_epochs=self.anneal_epochs,
         )
 
 
@@ -79,8 +86,18 @@ def parse_method(name: str, default_lam: float = 1.0) -> MethodSpec:
             raise ValueError(f"{name!r}: PSP width must be one of 0.5, 0.25")
         fields["psp_width"] = width
     for token in tokens:
-        if token in ("signed", "distance"):
+        if token in ("signed", "distance", "loss", "el2n"):
             fields["margin_mode"] = token
+        elif token.startswith("exp") and _is_number(token[3:]):
+            fields["explore"] = float(token[3:])
+        elif token.startswith("ccs") and token[3:].isdigit():
+            fields["coverage_strata"] = int(token[3:])
+        elif token.startswith("cp") and _is_number(token[2:]):
+            fields["coverage_prune"] = float(token[2:])
+        elif token.startswith("ann") and token[3:].isdigit():
+            fields["anneal_epochs"] = int(token[3:])
+        elif token.startswith("ev") and token[2:].isdigit() and int(token[2:]) >= 1:
+            fields["psp_every"] = int(token[2:])
         elif token in ("global", "perclass"):
             fields["class_balance"] = "global" if token == "global" else "per_class"
         elif token == "power":
@@ -99,12 +116,28 @@ def parse_method(name: str, default_lam: float = 1.0) -> MethodSpec:
             fields["staleness"] = "pipelined"
         else:
             raise ValueError(f"{name!r}: unknown knob suffix {token!r}")
-    if ("psp_batch_fraction" in fields or "distill" in fields) and "psp_width" not in fields:
-        raise ValueError(f"{name!r}: -bf and -distill only apply to PSP methods")
+    if (("psp_batch_fraction" in fields or "distill" in fields or "psp_every" in fields)
+            and "psp_width" not in fields):
+        raise ValueError(f"{name!r}: -bf, -ev and -distill only apply to PSP methods")
+    if (any(k in fields for k in ("explore", "coverage_strata", "coverage_prune"))
+            and base not in ("dynams-full-proxy", "dynams-psp")):
+        raise ValueError(f"{name!r}: -exp, -ccs and -cp only apply to dynamic selection")
     if fields.get("staleness") == "pipelined" and base not in ("dynams-full-proxy",
                                                                "dynams-psp"):
         raise ValueError(f"{name!r}: -pipe only applies to dynamic margin methods")
-    if fields.get("margin_mode") == "signed" and base not in ("dynams-full-proxy", "dynams-psp",
-                                                              "static-margin"):
-        raise ValueError(f"{name!r}: -signed only applies to margin-based methods")
-    return MethodSpec(name=name, kind=base, **fields)
+    if fields.get("margin_mode", "distance") != "distance" and base not in (
+            "dynams-full-proxy", "dynams-psp", "static-margin"):
+        raise ValueError(f"{name!r}: score suffixes only apply to margin-based methods")
+    spec = MethodSpec(name=name, kind=base, **fields)
+    if base in ("dynams-full-proxy", "dynams-psp", "static-margin", "uniform",
+                "uniform-psp"):
+        spec.policy(0.3, 0)  # the policy's own checks (e.g. coverage needs -global)
+    return spec
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

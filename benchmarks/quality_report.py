@@ -99,6 +99,7 @@ def write_markdown(out: Path, records: Sequence[dict[str, Any]],
                 f"{r['total_compute_cpu_seconds']:.1f} |")
         lines += ["", *_paired_lines([r for r in records if r.get("max_samples") == ms
                                       and r["epochs"] == ep]), ""]
+    lines += frontier_lines(records, pricing(psp_cost))
     lines += _sweep_lines(records) + _length_lines(records)
     effects = [(ms, ep, knob_effects(records, ms, ep)) for ms, ep in settings]
     for ms, ep, eff in effects:
@@ -314,6 +315,10 @@ def psp_cost_lines(c: dict[str, Any]) -> list[str]:
         + "".join(f", joint α=0.25 with the PSP loss on {f} of each batch "
                   f"{s[f'joint-0.25-bf{f}']:.1f} ms (+{o[f'0.25-bf{f}']:.1f} %)"
                   for f in ("0.5", "0.25") if f"joint-0.25-bf{f}" in s)
+        + "".join(f", the same once every {k} steps "
+                  f"{s[f'joint-0.25-bf0.5-ev{k}']:.1f} ms per step "
+                  f"(+{o[f'0.25-bf0.5-ev{k}']:.1f} %)"
+                  for k in (2, 4) if f"joint-0.25-bf0.5-ev{k}" in s)
         + f"; in CPU ms: plain "
         f"{cs['plain']:.1f}, joint α=0.25 {cs['joint-0.25']:.1f} "
         f"(+{100 * (cs['joint-0.25'] / cs['plain'] - 1):.1f} %), joint α=0.5 "
@@ -324,3 +329,212 @@ def psp_cost_lines(c: dict[str, Any]) -> list[str]:
         f"full model: {c['score_full_model_seconds']:.2f} s = "
         f"{c['score_full_model_pct_of_epoch']:.1f} %",
     ]
+
+
+# --- the frontier: accuracy against trainer compute -------------------------------------
+
+SERVICE_DEFAULT = "dynams-psp-0.25-global-bf0.5-pipe"
+"""The quality benchmark's name for the selector's default policy (global selection,
+pipelined staleness, the joint PSP loss on half of each batch)."""
+
+
+def _setting_of(r: dict[str, Any]) -> tuple:
+    return (r.get("max_samples"), r["epochs"])
+
+
+def joint_overhead(cost: dict[str, Any], config: dict[str, Any]) -> float:
+    """A joint step's cost over a plain one (0.128 = +12.8 %) for a run's PSP settings,
+    from the interleaved step measurement; every-k-th-step variants not measured there
+    are the measured overhead divided by k."""
+    width, bf, every = config["psp_width"], config.get("psp_batch_fraction", 1.0), \
+        config.get("psp_every", 1)
+    o = cost["joint_overhead_pct"]
+    base = f"{width:g}" + ("" if bf == 1.0 else f"-bf{bf:g}")
+    measured = f"{base}-ev{every}" if every > 1 else base
+    if measured in o:
+        return o[measured] / 100
+    if base in o:
+        return o[base] / 100 / every
+    raise KeyError(f"no step-cost measurement for PSP settings {base!r}")
+
+
+def compute_units(r: dict[str, Any], cost: dict[str, Any]) -> tuple[float, float]:
+    """Trainer compute of run ``r`` in units of full-data training at the same setting:
+    (view 1: scoring runs on the selector, the trainer pays its steps and the joint PSP
+    loss; view 2: the scoring is counted on the trainer too). Steps are counted by
+    sample-iterations and priced by ``cost`` (``--psp-cost``): a joint step costs
+    1 + overhead, a scoring pass over the data the measured share of a full-data epoch."""
+    c = r["config"]
+    trainer = r["fraction_trained"]
+    if c.get("psp_width") is not None:
+        trainer *= 1 + joint_overhead(cost, c)
+    rounds = len(r.get("selection_digests") or [])
+    if c["kind"] == "static-margin":
+        rounds = 1
+    per_pass = (cost["score_full_model_pct_of_epoch"] if c["kind"] in ("dynams-full-proxy",
+                                                                        "static-margin")
+                else cost["score_proxy_0.25_pct_of_epoch"]) / 100
+    scoring = rounds * per_pass / r["epochs"] if c["kind"] in (
+        "dynams-psp", "dynams-full-proxy", "static-margin") else 0.0
+    return trainer, trainer + scoring
+
+
+def _uniform_curve(records: Sequence[dict[str, Any]], cost: dict[str, Any],
+                   seed: int) -> list[tuple[float, float]]:
+    """(view-1 compute, final accuracy) of uniform at every stored ratio and full data,
+    for one seed, by compute."""
+    pts = [(compute_units(r, cost)[0], r["final_accuracy"]) for r in records
+           if r["seed"] == seed and (r["method"] == "uniform" or r["method"] == "full")]
+    return sorted(pts)
+
+
+def vs_uniform_at_equal_compute(records: Sequence[dict[str, Any]], cost: dict[str, Any],
+                                method: str, ratio: float | None,
+                                view: int = 0) -> tuple[float, float, int] | None:
+    """Mean ± std (points) over seeds of ``method``'s final accuracy minus uniform's at the
+    same trainer compute (``view`` 0: view 1, 1: view 2), uniform's accuracy interpolated
+    linearly between its stored ratios for the same seed (paired by seed). Seeds whose
+    compute falls outside uniform's stored range are left out."""
+    diffs = []
+    for r in records:
+        if r["method"] != method or r["ratio"] != ratio:
+            continue
+        curve = _uniform_curve(records, cost, r["seed"])
+        x = compute_units(r, cost)[view]
+        if len(curve) < 2 or not curve[0][0] <= x <= curve[-1][0]:
+            continue
+        xs, ys = [p[0] for p in curve], [p[1] for p in curve]
+        j = max(1, min(len(xs) - 1, next(i for i, v in enumerate(xs) if v >= x)))
+        x0, x1, y0, y1 = xs[j - 1], xs[j], ys[j - 1], ys[j]
+        y = y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+        diffs.append(100 * (r["final_accuracy"] - y))
+    return (*_mean_std(diffs), len(diffs)) if diffs else None
+
+
+def frontier_rows(records: Sequence[dict[str, Any]], cost: dict[str, Any]
+                  ) -> list[dict[str, Any]]:
+    """One row per (setting, method, ratio): accuracy, both compute views, measured CPU
+    against full data's, and the paired difference to uniform at equal compute."""
+    rows = []
+    for s in summarise(records):
+        runs = [r for r in records if _setting_of(r) == (s["max_samples"], s["epochs"])
+                and r["method"] == s["method"] and r["ratio"] == s["ratio"]]
+        same = [r for r in records if _setting_of(r) == (s["max_samples"], s["epochs"])]
+        try:
+            units = [compute_units(r, cost) for r in runs]
+        except KeyError:  # PSP settings without a step-cost measurement (ablations)
+            continue
+        full_cpu = [r["train_cpu_seconds"] for r in same if r["method"] == "full"]
+        rows.append({
+            **s,
+            "view1": statistics.mean(u[0] for u in units),
+            "view2": statistics.mean(u[1] for u in units),
+            "cpu_vs_full": (statistics.mean(r["total_compute_cpu_seconds"] for r in runs)
+                            / statistics.mean(full_cpu)) if full_cpu else None,
+            "vs_uniform_view1": vs_uniform_at_equal_compute(same, cost, s["method"],
+                                                            s["ratio"], 0),
+            "vs_uniform_view2": vs_uniform_at_equal_compute(same, cost, s["method"],
+                                                            s["ratio"], 1),
+            "vs_full": _paired(same, s["method"], s["ratio"], "full", 1.0),
+        })
+    return rows
+
+
+def frontier_lines(records: Sequence[dict[str, Any]], cost: dict[str, Any] | None
+                   ) -> list[str]:
+    """The frontier tables (``quality.md``): every method's final accuracy against its
+    trainer compute in both views, and against uniform at equal compute."""
+    if not cost:
+        return []
+    rows = frontier_rows(records, cost)
+    lines = ["## Accuracy against trainer compute (the frontier)", "",
+             "Compute is in units of full-data training at the same setting. View 1: "
+             "scoring runs on the selector, so the trainer pays its steps and the joint PSP "
+             "loss (a joint step costs 1 + the measured overhead). View 2: the scoring "
+             "passes are counted on the trainer too. Both are priced from the interleaved "
+             "step and scoring measurement (PSP cost, below); measured CPU is the runs' own "
+             "process CPU against full data's (noisy on a shared CPU). \"vs uniform\" is "
+             "the paired difference to uniform at the same compute, uniform's accuracy "
+             "interpolated between its stored ratios (and full data) for the same seed.", ""]
+    for setting in sorted({(r["max_samples"], r["epochs"]) for r in rows},
+                          key=lambda s: (s[0] or 10**9, s[1])):
+        ms, ep = setting
+        lines += [f"### {ms or 'all'} samples, {ep} epochs", "",
+                  "| method | ratio | seeds | final acc % | view 1 | view 2 | measured CPU | "
+                  "vs uniform, view 1 | vs uniform, view 2 | vs full |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted((r for r in rows if (r["max_samples"], r["epochs"]) == setting),
+                        key=lambda r: r["view1"]):
+            cpu = "—" if r["cpu_vs_full"] is None else f"{r['cpu_vs_full']:.3f}"
+            ratio = "—" if r["ratio"] is None else f"{r['ratio']:g}"
+            lines.append(
+                f"| {r['method']} | {ratio} | {len(r['seeds'])} | "
+                f"{100 * r['final_mean']:.2f} ± {100 * r['final_std']:.2f} | "
+                f"{r['view1']:.3f} | {r['view2']:.3f} | {cpu} | "
+                f"{_diff_cell(r['vs_uniform_view1'])} | {_diff_cell(r['vs_uniform_view2'])} | "
+                f"{_diff_cell(r['vs_full'])} |")
+        lines.append("")
+    return lines
+
+
+def write_frontier_plot(out: Path, records: Sequence[dict[str, Any]],
+                        cost: dict[str, Any] | None, max_samples: int | None,
+                        epochs: int, methods: Sequence[str] | None = None) -> Path | None:
+    """``quality_frontier_<samples>x<epochs>.png``: accuracy against trainer compute, view 1
+    and view 2 side by side; uniform and full data drawn as the line to beat."""
+    if not cost:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in frontier_rows(records, cost)
+            if (r["max_samples"], r["epochs"]) == (max_samples, epochs)
+            and (methods is None or r["method"] in methods or r["method"] in ("uniform",
+                                                                               "full"))]
+    if not rows:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    for ax, key, title in ((axes[0], "view1", "view 1: scoring on the selector"),
+                           (axes[1], "view2", "view 2: scoring counted on the trainer")):
+        line = sorted((r for r in rows if r["method"] in ("uniform", "full")),
+                      key=lambda r: r[key])
+        ax.errorbar([r[key] for r in line], [100 * r["final_mean"] for r in line],
+                    yerr=[100 * r["final_std"] for r in line], color="black", marker="s",
+                    capsize=3, label="uniform (ratios) and full data")
+        for r in rows:
+            if r["method"] in ("uniform", "full"):
+                continue
+            ax.errorbar([r[key]], [100 * r["final_mean"]], yerr=[100 * r["final_std"]],
+                        marker="o", capsize=3, linestyle="none",
+                        label=f"{r['method']} r={r['ratio'] if r['ratio'] else '—'}")
+        ax.set_xlabel("trainer compute (full-data training = 1)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("final test accuracy (%)")
+    axes[1].legend(fontsize=6.5, loc="lower right")
+    fig.suptitle(f"Fashion-MNIST fmnist-cnn, {max_samples or 'all'} train samples, "
+                 f"{epochs} epochs (mean ± std over seeds)")
+    fig.tight_layout()
+    path = out / f"quality_frontier_{max_samples or 'all'}x{epochs}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pricing(psp_cost: dict[str, dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The step and scoring cost measurement that prices compute: one thread's, as the
+    runs train with one thread."""
+    if not psp_cost:
+        return None
+    return psp_cost.get("threads=1") or next(iter(psp_cost.values()))
+
+
+def write_frontier_plots(out: Path, records: Sequence[dict[str, Any]],
+                         psp_cost: dict[str, dict[str, Any]] | None) -> list[Path]:
+    """One frontier plot per (train samples, epochs) setting."""
+    paths = [write_frontier_plot(out, records, pricing(psp_cost), ms, ep)
+             for ms, ep in sorted({_setting_of(r) for r in records},
+                                  key=lambda s: (s[0] or 10**9, s[1]))]
+    return [p for p in paths if p]

@@ -26,34 +26,50 @@ class JointPSP(nn.Module):
         >>> logits, psp_logits = DistributedDataParallel(joint)(x)  # doctest: +SKIP
     """
 
-    def __init__(self, model: SlimmableModel, width: float, batch_fraction: float = 0.5) -> None:
+    def __init__(self, model: SlimmableModel, width: float, batch_fraction: float = 0.5,
+                 every: int = 1) -> None:
         super().__init__()
         if not 0 < batch_fraction <= 1:
             raise ValueError(f"batch_fraction must be in (0, 1], got {batch_fraction}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
         self.model = model
         self.width = model.check_width(width)
         self.batch_fraction = batch_fraction
+        self.every = every
+        self.steps = 0  # training forwards so far (which of them run the PSP)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full logits for the batch; PSP logits for its first ⌈batch_fraction·B⌉ samples.
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Full logits for the batch; PSP logits for its first ⌈batch_fraction·B⌉ samples,
+        on every ``every``-th training forward (None on the others; ``psp_loss`` then is
+        the plain loss). Evaluation forwards always return both.
 
         On CPU, pooling, BatchNorm and ReLU cost ∝ α, not α², so the proxy's step costs more
         than α² of the model's; a batch fraction of 0.5 roughly halves that overhead (the
         quality benchmark found no accuracy cost, hence the default; 0.25 did cost
-        accuracy).
+        accuracy). ``every`` divides what is left (docs/benchmarks.md has the measurement).
         """
+        logits = self.model(x)
+        if self.training:
+            due = self.steps % self.every == 0
+            self.steps += 1
+            if not due:
+                return logits, None
         k = max(1, math.ceil(round(x.shape[0] * self.batch_fraction, 6)))
-        return self.model(x), self.model(x[:k], self.width)
+        return logits, self.model(x[:k], self.width)
 
 
-def psp_loss(logits: torch.Tensor, psp_logits: torch.Tensor, targets: torch.Tensor,
+def psp_loss(logits: torch.Tensor, psp_logits: torch.Tensor | None, targets: torch.Tensor,
              lam: float = 1.0, distill: bool = False, temperature: float = 1.0) -> torch.Tensor:
     """``CE(full, y) + λ·CE(psp, y)``; with ``distill`` the PSP learns the detached full
     model's softened outputs instead (KL at ``temperature``). ``psp_logits`` may cover only
-    the batch's first rows (``JointPSP(batch_fraction=…)``)."""
+    the batch's first rows (``JointPSP(batch_fraction=…)``), or be None on a step without
+    the PSP (``JointPSP(every=…)``): the plain loss."""
     if lam < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
     loss = F.cross_entropy(logits, targets)
+    if psp_logits is None:
+        return loss
     k = psp_logits.shape[0]
     logits, targets = logits[:k], targets[:k]
     if distill:

@@ -87,7 +87,8 @@ def test_psp_cost_is_reported(quick_run: Path) -> None:
     for key in ("plain", "joint-0.25", "joint-0.5", "joint-0.25-bf0.5", "joint-0.25-bf0.25"):
         assert cost["step_ms_median"][key] > 0
     assert cost["score_proxy_0.25_seconds"] > 0
-    assert set(cost["joint_overhead_pct"]) == {"0.25", "0.5", "0.25-bf0.5", "0.25-bf0.25"}
+    assert set(cost["joint_overhead_pct"]) == {"0.25", "0.5", "0.25-bf0.5", "0.25-bf0.25",
+                                               "0.25-bf0.5-ev2", "0.25-bf0.5-ev4"}
 
 
 def _load_quality():

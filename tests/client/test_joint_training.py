@@ -46,3 +46,18 @@ def test_distillation_and_validation():
         JointPSP(SlimCNN(widths=(1.0, 0.25)), 0.25, batch_fraction=0)
     with pytest.raises(ValueError, match="width 0.5 is not one"):
         JointPSP(SlimCNN(widths=(1.0, 0.25)), 0.5)
+
+
+def test_every_kth_training_step_runs_the_psp():
+    torch.manual_seed(0)
+    model = SlimCNN(widths=(1.0, 0.25))
+    joint = JointPSP(model, 0.25, every=3).train()
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    got = [joint(x)[1] is not None for _ in range(7)]
+    assert got == [True, False, False, True, False, False, True]
+    logits, skipped = joint(x)
+    assert skipped is None
+    torch.testing.assert_close(psp_loss(logits, skipped, y), F.cross_entropy(logits, y))
+    assert joint.eval()(x)[1] is not None  # evaluation always has both
+    with pytest.raises(ValueError, match="every must be an integer >= 1"):
+        JointPSP(model, 0.25, every=0)

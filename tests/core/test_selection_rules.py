@@ -152,6 +152,6 @@ def test_rules_refuse_what_they_cannot_do():
 
 def test_uniform_keys_are_uniform_and_index_keyed():
     keys = uniform_keys(np.arange(100_000), 9)
-    assert 0 <= keys.min() and keys.max() < 1
+    assert keys.min() >= 0 and keys.max() < 1
     assert abs(keys.mean() - 0.5) < 0.01
     np.testing.assert_array_equal(uniform_keys([5, 6], 9), keys[5:7])
