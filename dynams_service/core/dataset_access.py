@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Sequence
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from .manifest import filesystem_schemes
@@ -62,7 +61,8 @@ class DatasetAccess:
         if "://" not in uri:
             if "file" not in self.schemes:
                 raise DatasetAccessDenied("local dataset paths are not allowed here")
-            path = os.path.realpath(Path(uri).expanduser())  # symlinks cannot escape a root
+            # os.path.expanduser leaves an unknown ~user as it is (Path's raises)
+            path = os.path.realpath(os.path.expanduser(uri))  # symlinks cannot escape a root
             return f"file://{path}"
         parts = urlsplit(uri)
         scheme = parts.scheme.lower()

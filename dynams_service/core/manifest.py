@@ -16,7 +16,6 @@ import os
 import posixpath
 import stat
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -229,7 +228,7 @@ def dataset_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
             if scheme.lower() in _FILESYSTEMS:
                 return _FILESYSTEMS.get(scheme.lower())(), rest
             return pafs.FileSystem.from_uri(uri)
-        return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+        return pafs.LocalFileSystem(), os.path.realpath(os.path.expanduser(uri))
     except (ValueError, OSError, RuntimeError) as exc:  # ArrowInvalid is a ValueError
         raise InvalidDatasetURI(f"dataset URI {uri!r} cannot be opened: {exc}") from None
 

@@ -111,6 +111,16 @@ def test_bad_specs(live, small_shards):
     code, message = _code(lambda: client.create_job(missing))
     assert code == grpc.StatusCode.NOT_FOUND and "/nonexistent/dataset" in message
 
+    unknown_home = missing.model_copy(update={"job_id": "no-home",
+                                              "dataset_uri": "~nosuchuser-dynams/x"})
+    code, message = _code(lambda: client.create_job(unknown_home))
+    assert code == grpc.StatusCode.NOT_FOUND and "nosuchuser-dynams" in message
+
+    proto = spec_to_proto(make_spec(small_shards, job_id="rules"))
+    proto.policy.explore, proto.policy.coverage_strata = 0.2, 10
+    code, message = _code(lambda: stub.CreateJob(pb.CreateJobRequest(spec=proto), timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "do not combine" in message
+
     fp = spec.fingerprint.model_copy(update={"labels_sha256": "0" * 64})
     code, message = _code(lambda: client.create_job(
         make_spec(small_shards, job_id="other-data").model_copy(update={"fingerprint": fp})))

@@ -38,6 +38,7 @@ from dynams_service.protocol import (
     spec_from_proto,
     spec_to_proto,
 )
+from dynams_service.service.limits import Limits
 from dynams_service.service.server import SelectorServer
 from tests.conftest import SMALL_N
 
@@ -460,7 +461,7 @@ def create_requests(draw: st.DrawFn, base: pb.JobSpec, real_uri: str) -> pb.Crea
     policy, resources, fp = spec.policy, spec.resources, spec.fingerprint
     for mutation in draw(st.lists(st.sampled_from(
             ["ratio", "width", "architecture", "epochs", "rounds", "enum", "seed", "power",
-             "resources", "fingerprint", "clear", "unknown"]), max_size=4)):
+             "rule", "resources", "fingerprint", "clear", "unknown"]), max_size=4)):
         if mutation == "ratio":
             policy.ratio = draw(FLOATS)
         elif mutation == "width":
@@ -483,6 +484,9 @@ def create_requests(draw: st.DrawFn, base: pb.JobSpec, real_uri: str) -> pb.Crea
         elif mutation == "power":
             policy.ratio_schedule = pb.RATIO_SCHEDULE_POWER
             policy.power_exponent = draw(FLOATS)
+        elif mutation == "rule":
+            policy.explore, policy.coverage_prune = draw(FLOATS), draw(FLOATS)
+            policy.coverage_strata = draw(INT32)
         elif mutation == "resources":
             resources.num_scorers, resources.batch_size = draw(INT32), draw(INT32)
             resources.num_cpus, resources.num_gpus = draw(FLOATS), draw(FLOATS)
@@ -525,6 +529,8 @@ def test_fuzz_create_job(live: Live, data: st.DataObject) -> None:
             allowed = ({C.ALREADY_EXISTS} if spec.job_id == HEALTHY
                        else {C.INVALID_ARGUMENT, C.NOT_FOUND, C.FAILED_PRECONDITION,
                              C.PERMISSION_DENIED})
+            if spec.resources.num_scorers > Limits().max_scorers_per_job:
+                allowed.add(C.RESOURCE_EXHAUSTED)  # admission may refuse before the dataset
     _call("CreateJob", lambda: live.stub.CreateJob(request, timeout=CALL_TIMEOUT), allowed)
     job = live.stub.GetJob(pb.GetJobRequest(job_id=HEALTHY), timeout=CALL_TIMEOUT)
     assert job.SerializeToString(deterministic=True) == live.before["GetJob"]
