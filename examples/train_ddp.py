@@ -30,6 +30,7 @@ FLAGS = [("--shards", str, "data/fashion-mnist", "holds train/ and test/ shards"
          ("--lr", float, 0.05, None), ("--arch", str, "fmnist-cnn", "e.g. cifar-resnet18"),
          ("--width", float, 0.25, "PSP width α"), ("--lam", float, 1.0, "PSP loss weight λ"),
          ("--psp-batch-fraction", float, 0.5, "the PSP trains on this share of each batch"),
+         ("--psp-every", int, 1, "the PSP loss on every k-th step only"),
          ("--scorers", int, 1, "scorer actors"), ("--token-file", str, None, None),
          ("--deadline", float, 60.0, "seconds an epoch waits before falling back"),
          ("--job-id", str, None, "default: a new one per run"), ("--checkpoint", Path, None, None),
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     base = dms.build_architecture(args.arch)  # widths (1, α) only: DDP uses every parameter
     model = type(base)(**base.config, widths=(1.0, args.width)).to(device)
     ddp = torch.nn.parallel.DistributedDataParallel(
-        JointPSP(model, args.width, batch_fraction=args.psp_batch_fraction))
+        JointPSP(model, args.width, batch_fraction=args.psp_batch_fraction,
+                 every=args.psp_every))
     sampler = (DistributedSampler(range(len(y)), world, rank, seed=args.seed) if args.full
                else open_sampler(args, uri))
     lengths = [len(sampler)] * args.epochs if args.full else sampler.epoch_lengths()
