@@ -99,7 +99,7 @@ def write_markdown(out: Path, records: Sequence[dict[str, Any]],
                 f"{r['total_compute_cpu_seconds']:.1f} |")
         lines += ["", *_paired_lines([r for r in records if r.get("max_samples") == ms
                                       and r["epochs"] == ep]), ""]
-    lines += frontier_lines(records, pricing(psp_cost))
+    lines += goal_lines(records, pricing(psp_cost)) + frontier_lines(records, pricing(psp_cost))
     lines += _sweep_lines(records) + _length_lines(records)
     effects = [(ms, ep, knob_effects(records, ms, ep)) for ms, ep in settings]
     for ms, ep, eff in effects:
@@ -489,10 +489,10 @@ def write_frontier_plot(out: Path, records: Sequence[dict[str, Any]],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    methods = frontier_methods(records) if methods is None else methods
     rows = [r for r in frontier_rows(records, cost)
             if (r["max_samples"], r["epochs"]) == (max_samples, epochs)
-            and (methods is None or r["method"] in methods or r["method"] in ("uniform",
-                                                                               "full"))]
+            and (r["method"] in methods or r["method"] in ("uniform", "full"))]
     if not rows:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
@@ -503,19 +503,20 @@ def write_frontier_plot(out: Path, records: Sequence[dict[str, Any]],
         ax.errorbar([r[key] for r in line], [100 * r["final_mean"] for r in line],
                     yerr=[100 * r["final_std"] for r in line], color="black", marker="s",
                     capsize=3, label="uniform (ratios) and full data")
-        for r in rows:
-            if r["method"] in ("uniform", "full"):
-                continue
+        others = [r for r in rows if r["method"] not in ("uniform", "full")]
+        for i, r in enumerate(others):
             ax.errorbar([r[key]], [100 * r["final_mean"]], yerr=[100 * r["final_std"]],
-                        marker="o", capsize=3, linestyle="none",
-                        label=f"{r['method']} r={r['ratio'] if r['ratio'] else '—'}")
+                        marker="o^vsDP*Xh<>"[i % 11], capsize=3, linestyle="none",
+                        color=plt.get_cmap("tab10")(i % 10),
+                        label=f"{r['method'].replace(SERVICE_DEFAULT, 'default')} "
+                              f"r={r['ratio'] if r['ratio'] else '—'}")
         ax.set_xlabel("trainer compute (full-data training = 1)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("final test accuracy (%)")
     axes[1].legend(fontsize=6.5, loc="lower right")
     fig.suptitle(f"Fashion-MNIST fmnist-cnn, {max_samples or 'all'} train samples, "
-                 f"{epochs} epochs (mean ± std over seeds)")
+                 f"{epochs} epochs (mean ± std over seeds; default = {SERVICE_DEFAULT})")
     fig.tight_layout()
     path = out / f"quality_frontier_{max_samples or 'all'}x{epochs}.png"
     fig.savefig(path, dpi=110)
@@ -538,3 +539,41 @@ def write_frontier_plots(out: Path, records: Sequence[dict[str, Any]],
              for ms, ep in sorted({_setting_of(r) for r in records},
                                   key=lambda s: (s[0] or 10**9, s[1]))]
     return [p for p in paths if p]
+
+
+def frontier_methods(records: Sequence[dict[str, Any]]) -> set[str]:
+    """What the frontier plots show beside uniform and full data: InfoBatch, the selector's
+    default and its rule and cost variants, and the main DynaMS baselines."""
+    names = {r["method"] for r in records}
+    return {m for m in names if m in ("infobatch", "dynams-full-proxy", "dynams-psp-0.25")
+            or m.startswith(SERVICE_DEFAULT)}
+
+
+def goal_lines(records: Sequence[dict[str, Any]], cost: dict[str, Any] | None) -> list[str]:
+    """The issue's goal figures, each with its measured value and whether it is met."""
+    if not cost:
+        return []
+    lines = ["## Goal figures", "", "| goal | setting | measured | met |", "|---|---|---|---|"]
+    rows = frontier_rows(records, cost)
+    for r in rows:
+        if r["method"] == SERVICE_DEFAULT and r["ratio"] == 0.3:
+            d = r["vs_uniform_view1"]
+            met = d is not None and d[2] >= 5 and d[0] >= 0.3
+            lines.append(f"| default at r = 0.3 beats uniform at equal trainer compute (view 1) "
+                         f"by ≥ +0.3 points, n ≥ 5 | {r['max_samples'] or 'all'} × "
+                         f"{r['epochs']} | {_diff_cell(d)} | {'yes' if met else 'no'} |")
+    for r in rows:
+        if (r["max_samples"] is None and r["epochs"] >= 20 and r["method"].startswith("dynams")
+                and r["vs_full"] is not None):
+            d = r["vs_full"]
+            met = d[0] >= -0.3 and r["view1"] <= 0.45
+            lines.append(f"| within 0.3 points of full data at ≤ 0.45 of its trainer compute "
+                         f"| all × {r['epochs']}, {r['method']} r={r['ratio']} | "
+                         f"{_diff_cell(d)} at {r['view1']:.3f} | {'yes' if met else 'no'} |")
+    o = cost["joint_overhead_pct"]
+    for key, what in (("0.25", "whole batch"), ("0.25-bf0.5", "half of each batch (default)"),
+                      ("0.25-bf0.5-ev2", "half of each batch, every 2nd step")):
+        if key in o:
+            lines.append(f"| joint PSP step ≤ 10 % over a plain step at α = 0.25 | {what} | "
+                         f"+{o[key]:.1f} % | {'yes' if o[key] <= 10 else 'no'} |")
+    return [*lines, ""]
