@@ -772,6 +772,9 @@ def _parse_seeds(text: str) -> list[int]:
     """``"3"`` → seeds 0, 1, 2 (a count); ``"0,4,7"`` → those seeds."""
     if "," in text:
         return [int(s) for s in text.split(",") if s.strip()]
+    if int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--seeds {text} runs nothing: give a count >= 1, "
+                                         f"or a list such as '{text},' for that seed alone")
     return list(range(int(text)))
 
 
@@ -919,8 +922,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         args.psp_steps = min(args.psp_steps, 4)
         args.methods = args.methods or QUICK_METHODS
     try:
+        _parse_seeds(args.seeds)
         args.out = output_dir(args.out, args.quick, args.label_noise)
-    except ValueError as exc:
+    except (ValueError, argparse.ArgumentTypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.quick:

@@ -11,8 +11,9 @@
   the service (torchrun, 2 ranks) against in-process ``benchmarks/quality.py``, 3 seeds each.
 - A scaling model for 1.28 M ImageNet samples on 8 GPU scorers from the measured costs.
 
-Run: ``.venv/bin/python benchmarks/system.py [--quick] [--agreement] [--json]``; results
-go to ``benchmarks/results/system.json`` and ``system.md``.
+Run: ``.venv/bin/python benchmarks/system.py [--quick] [--agreement] [--json] [--out DIR]``;
+results go to ``DIR/system.json`` and ``system.md`` (default: a new ``runs/system-*``
+directory, so a run never overwrites the committed ``benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -263,7 +264,9 @@ def main() -> None:
     parser.add_argument("--agreement", action="store_true",
                         help="also run the service vs in-process agreement (3 seeds each)")
     parser.add_argument("--agreement-samples", type=int, default=20000)
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results directory (default: a new runs/system-* directory; "
+                             "the committed results are only written when named here)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if args.quick:
@@ -301,7 +304,9 @@ def main() -> None:
                    "wait_share_pipelined": e2e["wait_share_pipelined"],
                    "scorer_vs_loop_ratio": sc["scorer_vs_loop_ratio"],
                    "two_scorer_speedup": sc["two_scorer_speedup"]})
-    out = args.out if not args.quick else args.out / "quick"
+    out = args.out or ROOT / "runs" / f"system-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = out / "quick" if args.quick else out
+    out.mkdir(parents=True, exist_ok=True)
     write_results(result, out)
     if args.json:
         print(json.dumps({k: result[k] for k in ("wall_ratio_pipelined", "wait_share_pipelined",
