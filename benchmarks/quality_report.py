@@ -112,8 +112,8 @@ def write_markdown(out: Path, records: Sequence[dict[str, Any]],
                       ""]
     if psp_cost:
         lines += ["## PSP cost", ""]
-        for measurement in psp_cost.values():
-            lines += [*psp_cost_lines(measurement), ""]
+        for label, measurement in psp_cost.items():
+            lines += [f"### {label}", "", *psp_cost_lines(measurement), ""]
     atomic_write(out / "quality.md", "\n".join(lines))
 
 
@@ -508,8 +508,8 @@ def write_frontier_plot(out: Path, records: Sequence[dict[str, Any]],
             ax.errorbar([r[key]], [100 * r["final_mean"]], yerr=[100 * r["final_std"]],
                         marker="o^vsDP*Xh<>"[i % 11], capsize=3, linestyle="none",
                         color=plt.get_cmap("tab10")(i % 10),
-                        label=f"{r['method'].replace(SERVICE_DEFAULT, 'default')} "
-                              f"r={r['ratio'] if r['ratio'] else '—'}")
+                        label=r["method"].replace(SERVICE_DEFAULT, "default")
+                        + (f" r={r['ratio']}" if r["ratio"] else ""))
         ax.set_xlabel("trainer compute (full-data training = 1)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
