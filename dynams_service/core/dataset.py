@@ -32,8 +32,10 @@ __all__ = ["ShardDataset"]
 class ShardDataset(torch.utils.data.Dataset):
     """Map-style Dataset over shards: ``ds[i] → (float32 sample, int label)``.
 
-    Reads Parquet row groups on demand and keeps the last ``cached_row_groups`` of them
-    (encoded) per process, so sequential and shuffled-within-a-window access stay cheap;
+    Reads Parquet row groups on demand and keeps the most recently used ones, encoded, up
+    to ``cache_bytes`` per process. The default holds all of Fashion-MNIST (47 MB), so a
+    shuffled epoch reads each row group once; a shuffled epoch over a dataset larger than
+    the cache re-reads row groups (raise ``cache_bytes``, or shuffle within shards). It
     works in DataLoader worker processes (open files are not pickled). ``__getitems__``
     decodes a whole batch at once.
 
@@ -41,7 +43,8 @@ class ShardDataset(torch.utils.data.Dataset):
         uri: the dataset (local path or pyarrow filesystem URI).
         transform: applied to each normalised sample tensor (e.g. random crops).
         normalize: False yields the decoder's unnormalised output (uint8 for images).
-        cached_row_groups: encoded row groups kept in memory per process.
+        cache_bytes: encoded row-group bytes kept in memory per process (at least one
+            row group is always kept).
 
     Example:
         >>> train = ShardDataset("data/fashion-mnist/train")  # doctest: +SKIP
@@ -49,7 +52,7 @@ class ShardDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, uri: str, *, transform: Callable[[torch.Tensor], Any] | None = None,
-                 normalize: bool = True, cached_row_groups: int = 8) -> None:
+                 normalize: bool = True, cache_bytes: int = 512 * 2**20) -> None:
         self.uri = uri
         self.manifest, labels = verified_labels(uri)
         self.labels = labels
@@ -57,7 +60,10 @@ class ShardDataset(torch.utils.data.Dataset):
         self.decoder = dataset_decoder(self.manifest)
         self.normalizer = Normalizer(self.manifest.mean, self.manifest.std) if normalize else None
         self.transform = transform
-        self.cached_row_groups = max(1, cached_row_groups)
+        if cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
+        self.cache_bytes = cache_bytes
+        self._cached_bytes = 0
         self._starts = [s.start for s in self.manifest.shards]
         self._fs, self._root = dataset_filesystem(uri)
         self._open: dict[int, tuple[Any, Any, list[int]]] = {}
@@ -68,7 +74,7 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_open"], state["_groups"] = {}, OrderedDict()
+        state["_open"], state["_groups"], state["_cached_bytes"] = {}, OrderedDict(), 0
         return state
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
@@ -114,8 +120,9 @@ class ShardDataset(torch.utils.data.Dataset):
                 raise CorruptSample(f"{posixpath.join(self._root, shard.path)}: unreadable "
                                     f"row group {g} ({exc})") from None
             self._groups[key] = column
-            while len(self._groups) > self.cached_row_groups:
-                self._groups.popitem(last=False)
+            self._cached_bytes += column.nbytes
+            while self._cached_bytes > self.cache_bytes and len(self._groups) > 1:
+                self._cached_bytes -= self._groups.popitem(last=False)[1].nbytes
         else:
             self._groups.move_to_end(key)
         return column.slice(i - shard.start - group_starts[g], 1)

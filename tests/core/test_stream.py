@@ -111,7 +111,7 @@ def test_v2_manifest_names_its_decoder(jpeg_shards, small_shards):
 
 def test_shard_dataset_is_what_scorers_see(jpeg_shards):
     uri, manifest = jpeg_shards
-    dataset = ShardDataset(uri, cached_row_groups=1)
+    dataset = ShardDataset(uri, cache_bytes=0)  # one row group at a time
     stream = ShardStream(uri, manifest, batch_size=600)
     normalize = Normalizer(manifest.mean, manifest.std)
     everything = normalize(next(iter(stream)).samples)
@@ -220,3 +220,20 @@ def test_unknown_decoder_is_named(tmp_path, small_shards):
     with pytest.raises(KeyError, match="unknown decoder 'nope'"):
         ShardStream(str(tmp_path / "ds"))
     assert read_manifest(str(tmp_path / "ds")).decoder["name"] == "nope"
+
+
+def test_shard_dataset_cache_is_a_byte_budget(jpeg_shards):
+    """The default budget keeps every row group of a small dataset, so a shuffled pass
+    reads each once; a budget of one group's bytes keeps one; a negative budget is refused."""
+    uri, _ = jpeg_shards
+    order = torch.randperm(600, generator=torch.Generator().manual_seed(0)).tolist()
+    roomy = ShardDataset(uri)
+    roomy.__getitems__(order)
+    groups = len(roomy._groups)
+    assert groups > 1 and roomy._cached_bytes == sum(c.nbytes for c in roomy._groups.values())
+    tight = ShardDataset(uri, cache_bytes=min(c.nbytes for c in roomy._groups.values()))
+    a, b = tight.__getitems__(order), roomy.__getitems__(order)
+    assert torch.equal(torch.stack([x for x, _ in a]), torch.stack([x for x, _ in b]))
+    assert len(tight._groups) == 1
+    with pytest.raises(ValueError, match="cache_bytes"):
+        ShardDataset(uri, cache_bytes=-1)
