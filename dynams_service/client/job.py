@@ -7,6 +7,7 @@ once, and the sampler and the weight pusher share it.
 from __future__ import annotations
 
 import logging
+import os
 
 import grpc
 
@@ -19,6 +20,15 @@ __all__ = ["SelectorJob"]
 log = logging.getLogger(__name__)
 
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def with_absolute_dataset_path(spec: JobSpec) -> JobSpec:
+    """The spec with a relative local dataset path made absolute, when it names a dataset
+    here: the selector resolves paths in its own working directory, not the trainer's."""
+    uri = spec.dataset_uri
+    if "://" in uri or os.path.isabs(os.path.expanduser(uri)) or not os.path.isdir(uri):
+        return spec
+    return spec.model_copy(update={"dataset_uri": os.path.abspath(uri)})
 
 
 class SelectorJob:
@@ -51,14 +61,21 @@ class SelectorJob:
         the selector answers. Other errors (a different spec under this id, a dataset the
         proxy cannot read) raise ``SelectorRpcError``."""
         client = SelectorClient(client) if isinstance(client, str) else client
+        spec = with_absolute_dataset_path(spec)
         job = cls(client, spec, can_create=True)
         try:
-            client.create_job(spec, timeout=timeout)
+            created = client.create_job(spec, timeout=timeout)
         except SelectorRpcError as exc:
             if exc.code not in UNREACHABLE:
                 raise
             log.warning("selector at %s unreachable at start (%s); training on uniform "
                         "fallback subsets until it answers", client.address, exc.code.name)
+            return job
+        if created.rounds_done:
+            log.warning("job %r already exists on %s with %d of %d rounds saved: its saved "
+                        "selections are replayed (`dynams job delete %s` for a fresh run)",
+                        spec.job_id, client.address, created.rounds_done,
+                        created.rounds_total, spec.job_id)
         return job
 
     @classmethod

@@ -264,8 +264,11 @@ def read_manifest(uri: str) -> DatasetManifest:
         with fs.open_input_stream(path) as f:
             raw = f.read(MAX_MANIFEST_BYTES + 1)
     except (FileNotFoundError, OSError) as exc:
+        hint = ("; a relative path is resolved in the reader's working directory (the "
+                "selector's, for a job): pass an absolute path"
+                if "://" not in uri and not os.path.isabs(os.path.expanduser(uri)) else "")
         raise DatasetNotFound(f"{uri}: no dataset here ({MANIFEST_NAME} unreadable: "
-                              f"{type(exc).__name__})") from None
+                              f"{type(exc).__name__}){hint}") from None
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ShardError(f"{path}: manifest larger than {MAX_MANIFEST_BYTES >> 20} MiB")
     try:

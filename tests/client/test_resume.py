@@ -70,7 +70,8 @@ def test_killed_mid_epoch_resumes_the_exact_sequence(server_factory, shard_root,
                 "fallback_epochs"] == []
 
 
-def test_state_dict_resumes_mid_epoch_in_process(server_factory, small_shards, trained_model):
+def test_state_dict_resumes_mid_epoch_in_process(server_factory, small_shards, trained_model,
+                                                 caplog, monkeypatch):
     """The sampler alone: a second sampler loaded from the first one's state yields the
     rest of the epoch and then the same next epochs; wrong jobs and worlds are refused."""
     from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy
@@ -82,7 +83,8 @@ def test_state_dict_resumes_mid_epoch_in_process(server_factory, small_shards, t
                    policy=SelectionPolicy(ratio=0.3, warmup_epochs=1, seed=5,
                                           staleness="sync"), epochs=3,
                    resources=ScorerResources(num_scorers=1, num_cpus=1))
-    job = SelectorJob.create(SelectorClient(server_factory().address), spec)
+    client = SelectorClient(server_factory().address)
+    job = SelectorJob.create(client, spec)
 
     def sampler() -> DynaMSSampler:  # rank 0: the rank that pushes
         return DynaMSSampler(4000, job, rank=0, world_size=2)
@@ -126,3 +128,12 @@ def test_state_dict_resumes_mid_epoch_in_process(server_factory, small_shards, t
         first.state_dict(consumed=10_000)
     for s in (first, fresh, second, third):
         s.close()
+
+    # Creating it again replays the saved rounds, and says so; a relative dataset path is
+    # made absolute on the trainer's side, so it names the same dataset (the same spec).
+    monkeypatch.chdir(Path(uri).parent)
+    relative = spec.model_copy(update={"dataset_uri": Path(uri).name})
+    with caplog.at_level("WARNING", logger="dynams_service.client.job"):
+        again = SelectorJob.create(client, relative)
+    assert again.spec.dataset_uri == str(Path(uri).resolve())
+    assert "1 of 2 rounds saved: its saved selections are replayed" in caplog.text

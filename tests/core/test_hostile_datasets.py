@@ -127,8 +127,11 @@ def test_normalisation_needs_one_positive_std_per_channel(dataset):
 
 
 def test_missing_dataset_message_names_no_file_contents(tmp_path):
-    with pytest.raises(DatasetNotFound, match="no dataset here"):
+    with pytest.raises(DatasetNotFound, match="no dataset here") as absolute:
         read_manifest(str(tmp_path / "nowhere"))
+    assert "relative path" not in str(absolute.value)
+    with pytest.raises(DatasetNotFound, match="relative path is resolved in the reader's"):
+        read_manifest("nowhere/at-all")
 
 
 @pytest.mark.parametrize("uri", [
