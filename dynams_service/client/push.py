@@ -55,6 +55,7 @@ class PushScheduler:
         self._closing = threading.Event()  # set by close(): ends a push still on the wire
         self._epoch_started: dict[int, float] = {}
         self._round_latency: float | None = None  # push → answer of the last round
+        self._warned = False  # the first failed push warns; later ones log at INFO
 
     # --- when ---------------------------------------------------------------------------
 
@@ -117,8 +118,10 @@ class PushScheduler:
                                         timeout=self.send_timeout, cancel=self._closing)
             return True
         except SelectorRpcError as exc:
-            log.warning("weights push for epoch %d failed (%s: %s); that epoch will fall back",
-                        target, exc.code.name, exc.details)
+            (log.info if self._warned else log.warning)(
+                "weights push for epoch %d failed (%s: %s); that epoch will fall back",
+                target, exc.code.name, exc.details)
+            self._warned = True
             return False
 
     def close(self, timeout: float) -> None:

@@ -43,10 +43,10 @@ def test_fallbacks_keep_the_plan_and_recover(server_factory, small_shards, train
         assert len(indices) == lengths[epoch]
         return indices
 
-    # Down at start: the warm-up epoch falls back to all data.
+    # Down at start: the warm-up epoch trains on all data as planned (not a fallback).
     assert sorted(run_epoch(0).tolist()) == list(range(4000))
-    assert sampler.fallback_epochs == [0]
-    assert "unreachable" in caplog.text or "no selection" in caplog.text
+    assert sampler.fallback_epochs == [] and sampler.sources[0].kind == "full"
+    assert "unreachable" in caplog.text and "full-data epoch, trained as planned" in caplog.text
 
     server = server_factory(state_dir=tmp_path / "state", address=address)
     sampler.push(trained_model, version=1)  # creates the job late, then pushes
@@ -57,7 +57,7 @@ def test_fallbacks_keep_the_plan_and_recover(server_factory, small_shards, train
     server.stop(grace=0)
     sampler.push(trained_model, version=2)
     fallback = run_epoch(2)
-    assert sampler.fallback_epochs == [0, 2] and len(set(fallback.tolist())) == 1200
+    assert sampler.fallback_epochs == [2] and len(set(fallback.tolist())) == 1200
 
     # Back (same state dir and port): the next epoch uses it again.
     server_factory(state_dir=tmp_path / "state", address=address)
@@ -70,12 +70,12 @@ def test_fallbacks_keep_the_plan_and_recover(server_factory, small_shards, train
     sampler.pushed[4] = 4
     sampler.deadline = 0.002
     run_epoch(4)
-    assert sampler.fallback_epochs == [0, 2, 4]
+    assert sampler.fallback_epochs == [2, 4]
     sampler.deadline = 120
     sampler.push(trained_model, version=5)
     run_epoch(5)
     assert sampler.sources[5].kind == "subset"
-    assert sampler.fallback_epochs == [0, 2, 4]
+    assert sampler.fallback_epochs == [2, 4]
     sampler.close()
     sampler.close()  # idempotent
 
