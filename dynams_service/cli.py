@@ -33,6 +33,8 @@ def _convert(args: argparse.Namespace) -> int:
     out = args.out.rstrip("/")
     started = time.perf_counter()
     images, labels = load_idx_split(args.idx, "train")
+    if args.limit:
+        images, labels = images[:args.limit], labels[:args.limit]
     train = write_shards(f"{out}/train", images[:, None], labels,
                          rows_per_shard=args.rows_per_shard)
     print(f"wrote {out}/train: {train.num_samples} samples, {len(train.shards)} shards")
@@ -67,7 +69,7 @@ def _convert_image_folder(args: argparse.Namespace) -> int:
     """Image folder (one sub-folder per class) → one dataset at ``OUT``, streamed."""
     started = time.perf_counter()
     manifest = write_image_folder(args.image_folder, args.out, size=args.size,
-                                  rows_per_shard=args.rows_per_shard,
+                                  rows_per_shard=args.rows_per_shard, limit=args.limit,
                                   progress=sys.stderr.isatty())
     classes = manifest.class_names or ()
     print(f"wrote {args.out}: {manifest.num_samples} images, {len(classes)} classes, "
@@ -276,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert = dataset_cmds.add_parser(
         "convert", help="convert MNIST-style IDX files or an image folder into Parquet shards",
         epilog="examples: dynams dataset convert --out data/fashion-mnist; "
+               "dynams dataset convert --out data/fmnist-10k --limit 10000; "
                "dynams dataset convert --image-folder ~/imgs/train --out data/imgs/train "
                "--size 3,64,64")
     convert.add_argument("--idx", "--data-dir", dest="idx", default=DEFAULT_IDX_DIR,
@@ -296,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--rows-per-shard", type=_positive_int, default=8192,
                          help="rows per Parquet file; a job's scorers each take >= 1 shard "
                               "(default: 8192)")
+    convert.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                         help="convert a subset of N training samples for a quick run: IDX, "
+                              "the first N (the test split stays whole); --image-folder, N "
+                              "spread evenly over the sorted files, so every class keeps "
+                              "its share (default: all)")
     convert.set_defaults(func=_convert)
 
     info = dataset_cmds.add_parser(

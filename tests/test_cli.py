@@ -32,6 +32,19 @@ def test_convert_and_info(fashion_mnist_dir, tmp_path):
     assert "60000 samples" in both.stdout and "10000 samples" in both.stdout
 
 
+def test_convert_limit_takes_a_subset(fashion_mnist_dir, tmp_path):
+    result = run("dataset", "convert", "--data-dir", str(fashion_mnist_dir),
+                 "--out", str(tmp_path / "fm"), "--limit", "3000", "--rows-per-shard", "1000")
+    assert result.returncode == 0, result.stderr
+    assert "train: 3000 samples, 3 shards" in result.stdout
+    assert "test: 10000 samples" in result.stdout  # the test split stays whole
+    from dynams_service import read_manifest
+
+    assert read_manifest(str(tmp_path / "fm" / "train")).fingerprint.num_classes == 10
+    assert "argument --limit: must be >= 1, got 0" in run(
+        "dataset", "convert", "--out", "x", "--limit", "0").stderr
+
+
 def test_console_script_is_installed():
     exe = shutil.which("dynams", path=str(Path(sys.executable).parent))
     assert exe is not None
@@ -73,6 +86,13 @@ def test_image_folder_convert_and_verify_names_corrupt_rows(tmp_path, fashion_mn
     assert info.returncode == 0, info.stderr
     assert "decoder:        image {'size': [3, 24, 24]}" in info.stdout
     assert "every sample decoded" in info.stdout and "ankle-boot" in info.stdout
+    subset = run("dataset", "convert", "--image-folder", str(folder), "--out",
+                 str(tmp_path / "subset"), "--size", "3,24,24", "--limit", "20")
+    assert subset.returncode == 0, subset.stderr
+    assert "20 images, 10 classes" in subset.stdout
+    from dynams_service import ShardDataset
+
+    assert sorted(set(ShardDataset(str(tmp_path / "subset")).labels.tolist())) == list(range(10))
 
     shard = out / "shard-00001.parquet"
     table = pq.read_table(shard)

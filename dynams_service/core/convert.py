@@ -137,7 +137,7 @@ def write_shards(uri: str, samples: np.ndarray, labels: np.ndarray, *,
     else:
         stats = _ChannelStats()
         for start in range(0, len(samples), 8192):  # bounded float64 working memory
-            stats.add(torch.from_numpy(samples[start:start + 8192]))
+            stats.add(torch.as_tensor(np.array(samples[start:start + 8192])))  # read-only ok
         mean, std = stats.result()
     fs, root = dataset_filesystem(uri)
     fs.create_dir(root, recursive=True)
@@ -280,14 +280,18 @@ def image_folder_files(root: str | Path) -> tuple[list[str], list[tuple[Path, in
 
 
 def write_image_folder(folder: str | Path, uri: str, *, size: Sequence[int] | None = None,
-                       rows_per_shard: int = 4096, progress: bool = False) -> DatasetManifest:
+                       rows_per_shard: int = 4096, progress: bool = False,
+                       limit: int | None = None) -> DatasetManifest:
     """Convert an ``ImageFolder`` tree (one sub-folder per class) into encoded shards.
 
     Labels follow the sorted folder names (recorded as ``class_names``); images keep their
     encoded bytes. ``size`` (C, H, W) defaults to the first image's channels (grey → 1,
-    else 3) and size. A corrupt image stops the conversion naming its file.
+    else 3) and size. A corrupt image stops the conversion naming its file. ``limit`` keeps
+    that many images spread evenly over the sorted files (every class keeps its share).
     """
     classes, files = image_folder_files(folder)
+    if limit is not None and limit < len(files):
+        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
     if size is None:
         size = _image_size(files[0][0].read_bytes(), str(files[0][0]))
     return write_encoded_shards(
