@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .policy import Plan, SelectionPolicy
 from .shards import DatasetFingerprint
 
-__all__ = ["JobSpec", "ProxySpec", "ScorerResources", "JOB_ID_PATTERN"]
+__all__ = ["JobSpec", "ProxySpec", "ScorerResources", "JOB_ID_PATTERN", "spec_differences"]
 
 JOB_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 
@@ -60,3 +60,18 @@ class JobSpec(BaseModel):
     def plan(self) -> Plan:
         """The job's plan: every epoch's kind and size."""
         return self.policy.plan(self.fingerprint.num_samples, self.epochs)
+
+
+def spec_differences(a: BaseModel, b: BaseModel, prefix: str = "") -> list[str]:
+    """Dotted names of the fields in which two specs differ (names only, never values:
+    the other spec may be another client's)."""
+    names = []
+    for name in type(a).model_fields:
+        x, y = getattr(a, name), getattr(b, name)
+        if x == y:
+            continue
+        if isinstance(x, BaseModel) and type(x) is type(y):
+            names += spec_differences(x, y, f"{prefix}{name}.")
+        else:
+            names.append(f"{prefix}{name}")
+    return names

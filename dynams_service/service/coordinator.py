@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..core.dataset_access import DatasetAccess, DatasetAccessDenied, MalformedDatasetURI
-from ..core.job import JobSpec
+from ..core.job import JobSpec, spec_differences
 from ..core.models import build_architecture
 from ..core.partition import epoch_order, rank_part
 from ..core.policy import EpochKind, Plan
@@ -283,8 +283,9 @@ class JobCoordinator:
         if existing is not None:
             if existing.spec != spec:
                 raise AlreadyExists(
-                    f"job {spec.job_id!r} exists with a different spec; delete it first "
-                    "or use another job_id")
+                    f"job {spec.job_id!r} exists with a different spec (it differs in "
+                    f"{', '.join(spec_differences(existing.spec, spec))}); delete it first "
+                    f"(`dynams job delete {spec.job_id}`) or use another job_id")
             existing.last_used = time.monotonic()
         return existing
 
