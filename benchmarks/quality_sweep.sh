@@ -2,7 +2,8 @@
 # The exact runs behind benchmarks/results/quality.{json,md} and its plots.
 # Each run is keyed (method, ratio, seed, epochs, samples) and skipped if already stored,
 # so an interrupted sweep resumes; the commands may also run in parallel with separate
-# --out directories whose quality.json lists are then concatenated. About 3 h of one core.
+# --out directories whose quality.json lists are then concatenated. About 12 h of one core
+# (the 60k x 20 runs are 4-11 min each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE
@@ -36,5 +37,23 @@ $Q --epochs 8 --ratios 0.3 --seeds 5 --methods dynams-psp-0.25-global-bf0.5-pipe
 # the default against global selection on all 60k training images
 $PY benchmarks/quality.py --threads 1 --out "${OUT:-benchmarks/results}" --epochs 8 \
    --ratios 0.3 --seeds 1 --methods dynams-psp-0.25,dynams-psp-0.25-global
+# the frontier: selection rules against uniform at several ratios, InfoBatch and full data
+D=dynams-psp-0.25-global-bf0.5-pipe
+$Q --epochs 8 --ratios 0.4,0.5 --seeds 5 --methods uniform
+$Q --epochs 8 --seeds 5 --methods infobatch,full,dynams-full-proxy,static-margin
+$Q --epochs 8 --ratios 0.3 --seeds 5 --methods \
+$D-exp0.2,$D-exp0.4,$D-ccs50,$D-ann1,$D-exp0.2-ann1,$D-ev2
+$Q --epochs 8 --ratios 0.5 --seeds 5 --methods $D-loss-exp0.4-ann1
+# the same with 20 % of the training labels flipped (its own directory)
+N="$PY benchmarks/quality.py --threads 1 --max-samples 20000 --label-noise 0.2"
+N="$N --out ${OUT:-benchmarks/results}/label-noise-0.2"
+$N --epochs 8 --ratios 0.3 --seeds 5 --methods uniform,full,infobatch,\
+$D,$D-exp0.2,$D-ccs50,$D-ann1,$D-exp0.2-ann1
+$N --epochs 8 --ratios 0.4 --seeds 5 --methods uniform
+# the long regime: all 60k images, 20 epochs, 3 seeds
+L="$PY benchmarks/quality.py --threads 1 --out ${OUT:-benchmarks/results} --epochs 20"
+$L --ratios 0.3 --seeds 3 --methods full,uniform,infobatch,$D,$D-ann1
+$L --ratios 0.4 --seeds 3 --methods uniform
 # tables and plots (plots for the 8-epoch setting)
 $Q --report --epochs 8
+$N --report --epochs 8
