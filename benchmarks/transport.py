@@ -59,7 +59,8 @@ def indices_and_push(work: Path, repeats: int) -> dict[str, float]:
 
     rng = np.random.default_rng(0)
     n = 1_000_000
-    big = write_shards(str(work / "big"), np.zeros((n, 1, 1, 1), np.uint8),
+    # 28x28 samples: CreateJob checks that the proxy can read them (zeros compress away)
+    big = write_shards(str(work / "big"), np.zeros((n, 1, 28, 28), np.uint8),
                        rng.integers(0, 10, n), num_classes=10, rows_per_shard=n)
     cifar = write_shards(str(work / "cifar"), rng.integers(0, 255, (64, 3, 32, 32), np.uint8),
                          rng.integers(0, 10, 64), num_classes=10, rows_per_shard=64)
