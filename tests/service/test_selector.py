@@ -107,3 +107,5 @@ def test_restart_serves_the_same_answers(server_factory, job_with_round, tmp_pat
         with pytest.raises(SelectorRpcError) as info:
             again.create_job(spec.model_copy(update={"epochs": 9}))
         assert info.value.code == grpc.StatusCode.ALREADY_EXISTS
+        assert "(it differs in epochs)" in info.value.details
+        assert f"`dynams job delete {spec.job_id}`" in info.value.details
