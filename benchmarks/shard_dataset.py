@@ -39,10 +39,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    n = len(ShardDataset(args.shards))
+    probe = ShardDataset(args.shards)  # built with the default cache
+    n, default = len(probe), probe.cache_bytes
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:args.samples]
     order = order.tolist()
-    default = ShardDataset.__init__.__kwdefaults__["cache_bytes"]
     new = samples_per_second(args.shards, order, default, args.batch_size)
     old = samples_per_second(args.shards, order, OLD_CACHE_BYTES, args.batch_size)
     result = {"dataset": args.shards, "num_samples": n, "timed_samples": len(order),

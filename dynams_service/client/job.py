@@ -12,6 +12,7 @@ import os
 import grpc
 
 from ..core.job import JobSpec
+from ..core.manifest import is_relative_local_path
 from ..protocol import spec_from_proto
 from .client import SelectorClient, SelectorRpcError
 
@@ -26,7 +27,7 @@ def with_absolute_dataset_path(spec: JobSpec) -> JobSpec:
     """The spec with a relative local dataset path made absolute, when it names a dataset
     here: the selector resolves paths in its own working directory, not the trainer's."""
     uri = spec.dataset_uri
-    if "://" in uri or os.path.isabs(os.path.expanduser(uri)) or not os.path.isdir(uri):
+    if not is_relative_local_path(uri) or not os.path.isdir(uri):
         return spec
     return spec.model_copy(update={"dataset_uri": os.path.abspath(uri)})
 

@@ -323,19 +323,20 @@ class DynaMSSampler(Sampler[int]):
 
     def _fallback(self, epoch: int, reason: str, waited: float) -> np.ndarray:
         size = self._plan[epoch].size
-        if size == self.num_samples:  # a planned full-data epoch: the same data, no loss
-            order = epoch_order(np.arange(self.num_samples), self.seed, epoch)
+        full = size == self.num_samples  # a planned full-data epoch: the same data, no loss
+        subset = (np.arange(self.num_samples) if full
+                  else uniform_subset(self.num_samples, size, self.seed, epoch))
+        order = epoch_order(subset, self.seed, epoch)
+        if full:
             self.sources[epoch] = EpochSource("full", fetch_seconds=waited)
             self._warn(f"epoch {epoch}: no answer from {self.client.address} ({reason}); "
                        f"it is a full-data epoch, trained as planned")
-            return rank_part(order, self.rank, self.world_size, self.drop_last)
-        subset = uniform_subset(self.num_samples, size, self.seed, epoch)
-        order = epoch_order(subset, self.seed, epoch)
-        with self._lock:
-            self.fallback_epochs.append(epoch)
-        self.sources[epoch] = EpochSource("fallback", fetch_seconds=waited)
-        self._warn(f"epoch {epoch}: no selection from {self.client.address} ({reason}); "
-                   f"training on a seeded uniform subset of {size}")
+        else:
+            with self._lock:
+                self.fallback_epochs.append(epoch)
+            self.sources[epoch] = EpochSource("fallback", fetch_seconds=waited)
+            self._warn(f"epoch {epoch}: no selection from {self.client.address} ({reason}); "
+                       f"training on a seeded uniform subset of {size}")
         return rank_part(order, self.rank, self.world_size, self.drop_last)
 
     def _warn(self, message: str) -> None:

@@ -34,6 +34,7 @@ from .decoders import Decoder, build_decoder
 from .registry import Registry, UnknownName
 
 __all__ = [
+    "is_relative_local_path",
     "ShardError",
     "FingerprintMismatch",
     "InvalidDatasetURI",
@@ -220,6 +221,12 @@ def filesystem_schemes() -> list[str]:
     return _FILESYSTEMS.names()
 
 
+def is_relative_local_path(uri: str) -> bool:
+    """A plain path (no ``scheme://``) that is not absolute, ``~`` expanded: it names a
+    different dataset in every working directory."""
+    return "://" not in uri and not os.path.isabs(os.path.expanduser(uri))
+
+
 def dataset_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """pyarrow filesystem and path for a URI; plain paths are local."""
     try:
@@ -266,7 +273,7 @@ def read_manifest(uri: str) -> DatasetManifest:
     except (FileNotFoundError, OSError) as exc:
         hint = ("; a relative path is resolved in the reader's working directory (the "
                 "selector's, for a job): pass an absolute path"
-                if "://" not in uri and not os.path.isabs(os.path.expanduser(uri)) else "")
+                if is_relative_local_path(uri) else "")
         raise DatasetNotFound(f"{uri}: no dataset here ({MANIFEST_NAME} unreadable: "
                               f"{type(exc).__name__}){hint}") from None
     if len(raw) > MAX_MANIFEST_BYTES:
