@@ -89,16 +89,18 @@ class SelectorClient:
         self.retries = retries
         self.backoff = backoff
 
-    def _call(self, method: str, fn: Callable[[float], T], timeout: float | None) -> T:
+    def _call(self, method: str, fn: Callable[[float], T], timeout: float | None,
+              retries: int | None = None) -> T:
         timeout = self.timeout if timeout is None else timeout
+        retries = self.retries if retries is None else retries
         deadline = time.monotonic() + timeout
         delay = self.backoff
-        for attempt in range(self.retries + 1):
+        for attempt in range(retries + 1):
             try:
                 return fn(max(0.001, deadline - time.monotonic()))
             except grpc.RpcError as exc:
                 code = exc.code()  # type: ignore[attr-defined]
-                retry = (code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries
+                retry = (code == grpc.StatusCode.UNAVAILABLE and attempt < retries
                          and time.monotonic() + delay < deadline)
                 if not retry:
                     raise SelectorRpcError(method, code, exc.details(),  # type: ignore[attr-defined]
@@ -163,13 +165,14 @@ class SelectorClient:
         return self._call("PushWeights", push, timeout)
 
     def get_selection(self, job_id: str, epoch: int, rank: int, world_size: int, *,
-                      drop_last: bool = False, timeout: float | None = None
-                      ) -> tuple[pb.SelectionHeader, np.ndarray]:
-        """This rank's indices for ``epoch``; waits up to ``timeout`` for a scoring round."""
+                      drop_last: bool = False, timeout: float | None = None,
+                      retries: int | None = None) -> tuple[pb.SelectionHeader, np.ndarray]:
+        """This rank's indices for ``epoch``; waits up to ``timeout`` for a scoring round.
+        ``retries`` overrides the client's attempts on UNAVAILABLE for this call."""
         request = pb.GetSelectionRequest(job_id=job_id, epoch=epoch, rank=rank,
                                          world_size=world_size, drop_last=drop_last)
         return self._call("GetSelection", lambda t: indices_from_chunks(self._stub.GetSelection(
-            request, timeout=t, metadata=self._metadata)), timeout)
+            request, timeout=t, metadata=self._metadata)), timeout, retries)
 
     def close(self) -> None:
         self._channel.close()

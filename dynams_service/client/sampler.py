@@ -3,7 +3,10 @@
 Each rank asks the selector for its part of the epoch's canonical list (NOTE [ canonical
 list ] in ``core/partition.py``). If the selector is unreachable or late past the
 deadline, the rank trains on a seeded uniform subset of the planned size instead, warns
-once and counts it: the job never hangs and every epoch has the planned length. A round
+once and counts it: the job never hangs and every epoch has the planned length. Once the
+selector was unreachable, later epochs ask it once instead of retrying (rank 0 first waits
+for its weights push, which tells whether the selector is back), so an epoch without a
+selector costs no backoff. A round
 that failed on the selector is a configuration error and raises ``RoundFailedError``,
 unless the sampler was built with ``fallback_on_failed_round=True``.
 """
@@ -28,7 +31,7 @@ from ..core.partition import epoch_order, rank_count, rank_part, uniform_subset
 from ..core.policy import EpochKind, Plan
 from ..protocol import ROUND_FAILED, WEIGHTS_NOT_PUSHED, pb
 from .client import SelectorClient, SelectorRpcError
-from .job import SelectorJob
+from .job import UNREACHABLE, SelectorJob
 from .push import PushScheduler
 
 __all__ = ["DynaMSSampler", "EpochSource", "RoundFailedError"]
@@ -124,6 +127,7 @@ class DynaMSSampler(Sampler[int]):
         self.sources: dict[int, EpochSource] = {}
         self.blocked_seconds: dict[int, float] = {}  # epoch → time __iter__ waited for it
         self._warned = False
+        self._unreachable = False  # the last answer was a fallback on an unreachable selector
         self._closed = False
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dynams-fetch")
         self._futures: dict[int, Future] = {}
@@ -285,6 +289,14 @@ class DynaMSSampler(Sampler[int]):
         expected = rank_count(self._plan[epoch].size, self.world_size, self.drop_last)
         deadline = started + self.deadline
         recreated = False
+        retries = None  # the client's
+        if self._unreachable:
+            pushed = self.pusher.outcome(epoch, deadline - time.monotonic())
+            if pushed is False:
+                return self._fallback(epoch, "the weights push failed",
+                                      time.monotonic() - started)
+            if pushed is None:
+                retries = 0  # one attempt: the selector was down at the last epoch
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -293,7 +305,7 @@ class DynaMSSampler(Sampler[int]):
             try:
                 header, indices = self.client.get_selection(
                     self.spec.job_id, epoch, self.rank, self.world_size,
-                    drop_last=self.drop_last, timeout=remaining)
+                    drop_last=self.drop_last, timeout=remaining, retries=retries)
             except SelectorRpcError as exc:
                 if exc.reason == WEIGHTS_NOT_PUSHED:
                     if self.pusher.failed(epoch):
@@ -308,6 +320,7 @@ class DynaMSSampler(Sampler[int]):
                     recreated = True
                     continue
                 reason = f"{exc.code.name}: {exc.details}"
+                self._unreachable = exc.code in UNREACHABLE
                 break
             if len(indices) != expected:
                 reason = f"selector sent {len(indices)} indices, the plan says {expected}"
@@ -318,6 +331,7 @@ class DynaMSSampler(Sampler[int]):
             if source.kind == "subset" and epoch in self.pushed:
                 self.pusher.round_answered(source.fetch_seconds)
             self.sources[epoch] = source
+            self._unreachable = False
             return indices
         return self._fallback(epoch, reason, time.monotonic() - started)
 

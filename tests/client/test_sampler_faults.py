@@ -128,3 +128,43 @@ def test_close_returns_within_the_deadline_behind_a_frozen_selector(ray_cluster,
     finally:
         os.kill(selector.proc.pid, signal.SIGCONT)
         selector.sigkill()
+
+
+def test_a_down_selector_is_asked_once_per_epoch_not_retried(small_shards):
+    """Once an epoch fell back on an unreachable selector, the next ones ask it once: the
+    client's backoff (0.2 + 0.4 + … s) once doubled the length of every fallback epoch."""
+    from concurrent import futures
+
+    import grpc
+
+    from dynams_service.protocol import pb
+
+    attempts: dict[int, int] = {}
+
+    def get_selection(request: pb.GetSelectionRequest, context: grpc.ServicerContext):
+        attempts[request.epoch] = attempts.get(request.epoch, 0) + 1
+        context.abort(grpc.StatusCode.UNAVAILABLE, "draining")
+        yield  # a server-streaming handler
+
+    down = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    down.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "dynams.v1.Selector", {"GetSelection": grpc.unary_stream_rpc_method_handler(
+            get_selection, request_deserializer=pb.GetSelectionRequest.FromString)})])
+    port = down.add_insecure_port("127.0.0.1:0")
+    down.start()
+    try:
+        uri, manifest = small_shards
+        spec = JobSpec(job_id="down", dataset_uri=uri, fingerprint=manifest.fingerprint,
+                       proxy=ProxySpec(architecture="fmnist-cnn"),
+                       policy=SelectionPolicy(ratio=0.3, warmup_epochs=1, seed=5), epochs=4)
+        client = SelectorClient(f"127.0.0.1:{port}", timeout=30, retries=3, backoff=0.01)
+        sampler = DynaMSSampler(4000, SelectorJob(client, spec, can_create=True), rank=1,
+                                world_size=2, deadline=30)
+        for epoch in range(4):
+            sampler.set_epoch(epoch)
+            assert len(list(sampler)) == sampler.epoch_lengths()[epoch]
+        sampler.close()
+    finally:
+        down.stop(grace=0)
+    assert attempts == {0: 4, 1: 1, 2: 1, 3: 1}  # 1 + 3 retries, then one ask per epoch
+    assert sampler.fallback_epochs == [1, 2, 3] and sampler.sources[0].kind == "full"
