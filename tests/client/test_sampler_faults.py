@@ -130,9 +130,11 @@ def test_close_returns_within_the_deadline_behind_a_frozen_selector(ray_cluster,
         selector.sigkill()
 
 
-def test_a_down_selector_is_asked_once_per_epoch_not_retried(small_shards):
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_down_selector_is_asked_once_per_epoch_not_retried(small_shards, trained_model, rank):
     """Once an epoch fell back on an unreachable selector, the next ones ask it once: the
-    client's backoff (0.2 + 0.4 + … s) once doubled the length of every fallback epoch."""
+    client's backoff (0.2 + 0.4 + … s) once doubled the length of every fallback epoch.
+    Rank 0, which pushes, takes its failed push as the answer and does not ask at all."""
     from concurrent import futures
 
     import grpc
@@ -146,6 +148,7 @@ def test_a_down_selector_is_asked_once_per_epoch_not_retried(small_shards):
         context.abort(grpc.StatusCode.UNAVAILABLE, "draining")
         yield  # a server-streaming handler
 
+    # A real gRPC server that knows only GetSelection: pushes get UNIMPLEMENTED.
     down = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     down.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
         "dynams.v1.Selector", {"GetSelection": grpc.unary_stream_rpc_method_handler(
@@ -155,16 +158,22 @@ def test_a_down_selector_is_asked_once_per_epoch_not_retried(small_shards):
     try:
         uri, manifest = small_shards
         spec = JobSpec(job_id="down", dataset_uri=uri, fingerprint=manifest.fingerprint,
-                       proxy=ProxySpec(architecture="fmnist-cnn"),
+                       proxy=ProxySpec(architecture="fmnist-cnn", width=0.25),
                        policy=SelectionPolicy(ratio=0.3, warmup_epochs=1, seed=5), epochs=4)
         client = SelectorClient(f"127.0.0.1:{port}", timeout=30, retries=3, backoff=0.01)
-        sampler = DynaMSSampler(4000, SelectorJob(client, spec, can_create=True), rank=1,
+        sampler = DynaMSSampler(4000, SelectorJob(client, spec, can_create=True), rank=rank,
                                 world_size=2, deadline=30)
         for epoch in range(4):
             sampler.set_epoch(epoch)
             assert len(list(sampler)) == sampler.epoch_lengths()[epoch]
+            if epoch >= 1:
+                sampler.push(trained_model, version=epoch + 1)  # for the next epoch
         sampler.close()
     finally:
         down.stop(grace=0)
-    assert attempts == {0: 4, 1: 1, 2: 1, 3: 1}  # 1 + 3 retries, then one ask per epoch
+    if rank == 1:
+        assert attempts == {0: 4, 1: 1, 2: 1, 3: 1}  # 1 + 3 retries, then one ask per epoch
+    else:
+        assert attempts == {0: 4, 1: 1}  # epochs 2 and 3: the failed pushes answered
+        assert sampler.pusher.failed(2) and sampler.pusher.failed(3)
     assert sampler.fallback_epochs == [1, 2, 3] and sampler.sources[0].kind == "full"
