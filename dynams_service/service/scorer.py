@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -191,6 +192,10 @@ class JobScorers:
         self.max_recreations = max_recreations
         self.actor_class = actor_class  # ScorerActor; benchmarks plug in synthetic ones
         self._round: tuple | None = None  # (snapshot ref, mode) of the parts held now
+        # shutdown() may run while a round re-creates an actor: the flag, set under the
+        # lock before any actor is killed, keeps the round from starting an orphan.
+        self._lock = threading.Lock()
+        self._released = False
         res = spec.resources
         self.groups = shard_groups(manifest, res.num_scorers)
         self.names = [scorer_name(spec.job_id, i) for i in range(res.num_scorers)]
@@ -265,18 +270,16 @@ class JobScorers:
             try:
                 results[i] = ray.get(ready[0])
             except RayActorError as exc:
-                if not self.actors:  # shut down while the round ran: nothing to re-create
-                    raise Internal(f"the scorers of job {self.job_id!r} were released during "
-                                   "the round (selector stopping or job deleted)") from None
+                if self._released:  # shut down while the round ran: nothing to re-create
+                    raise self._released_error() from None
                 recreated[i] += 1
                 if recreated[i] > self.max_recreations:
                     raise Internal(f"scorer {self.names[i]} died {recreated[i]} times: "
                                    f"{exc}") from None
                 log.warning("scorer %s is gone (%s); re-creating it and rescoring its "
                             "shards", self.names[i], type(exc).__name__)
-                self.actors[i] = self._start_actor(i)
-                self.infos[i] = ray.get(self.actors[i].info.remote(), timeout=timeout)
-                pending[self.actors[i].score_part.remote(snapshot_ref, mode, per_class)] = i
+                actor = self._restart_actor(i, timeout)
+                pending[actor.score_part.remote(snapshot_ref, mode, per_class)] = i
             except RayTaskError as exc:
                 if isinstance(exc.cause, ShardError):  # a corrupt sample: name shard and row
                     raise Internal(f"scorer {self.names[i]}: {exc.cause}") from None
@@ -325,9 +328,8 @@ class JobScorers:
             except GetTimeoutError:
                 raise Internal(f"selection for job {self.job_id!r} timed out") from None
             except RayActorError:
-                if not self.actors:
-                    raise Internal(f"the scorers of job {self.job_id!r} were released during "
-                                   "the round (selector stopping or job deleted)") from None
+                if self._released:
+                    raise self._released_error() from None
                 raise _PartLost(i, dead=True) from None
             except RayTaskError as exc:
                 if isinstance(exc.cause, PartMissing):
@@ -344,8 +346,7 @@ class JobScorers:
         remaining = max(0.0, deadline - time.monotonic())
         try:
             if lost.dead:
-                self.actors[i] = self._start_actor(i)
-                self.infos[i] = ray.get(self.actors[i].info.remote(), timeout=remaining)
+                self._restart_actor(i, remaining)
             ray.get(self.actors[i].score_part.remote(snapshot_ref, mode,
                                                      self.spec.policy.per_class),
                     timeout=max(0.0, deadline - time.monotonic()))
@@ -356,12 +357,37 @@ class JobScorers:
         except RayTaskError as exc:
             raise Internal(f"scorer {self.names[i]} failed rescoring: {exc}") from None
 
+    def _released_error(self) -> Internal:
+        return Internal(f"the scorers of job {self.job_id!r} were released during the "
+                        "round (selector stopping or job deleted)")
+
+    def _restart_actor(self, i: int, timeout: float):
+        """Scorer ``i`` started again in place of a dead one; ``Internal`` if the scorers
+        are being released (then the new actor is killed, not left orphaned)."""
+        if self._released:
+            raise self._released_error()
+        actor = self._start_actor(i)
+        with self._lock:
+            released = self._released
+            if not released:
+                self.actors[i] = actor
+        if released:  # while it started
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+            raise self._released_error()
+        self.infos[i] = ray.get(actor.info.remote(), timeout=timeout)
+        return actor
+
     def shutdown(self) -> None:
+        """Kill the actors and free their placement group; a round in flight then fails
+        with ``Internal`` (released) and starts no actor after this."""
+        with self._lock:
+            self._released = True
+            actors, self.actors = self.actors, []
         self._round = None
-        for actor in self.actors:
+        for actor in actors:
             with contextlib.suppress(Exception):  # already gone is fine
                 ray.kill(actor, no_restart=True)
-        self.actors = []
         if self.placement_group is not None:
             from ray.util.placement_group import remove_placement_group
 

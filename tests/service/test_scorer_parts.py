@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -92,3 +93,49 @@ def test_selection_rules_on_the_actors_equal_the_in_process_rule(ray_cluster, sm
     np.testing.assert_array_equal(got.indices, want.indices)
     np.testing.assert_allclose(got.margins, margins[want.indices], rtol=1e-5, atol=1e-6)
     assert not np.array_equal(want.indices, select(margins, k=1200))  # not the hard cut
+
+
+def test_a_release_during_a_round_fails_it_and_leaves_no_scorer(ray_cluster, small_shards,
+                                                                 snapshot):
+    """shutdown() while a round runs (the job deleted, the selector stopping): the round
+    fails as released and re-creates no scorer. Before the release flag, a scorer killed
+    by the release looked like a dead one: the round started a replacement (left running
+    under the job's name) or hit an IndexError on the emptied actor list."""
+    import threading
+
+    from dynams_service.service.errors import Internal
+
+    uri, manifest = small_shards
+    for attempt in range(3):
+        spec = make_spec(small_shards, f"release-{attempt}")
+        spec = spec.model_copy(update={"resources": spec.resources.model_copy(
+            update={"num_cpus": 0})})
+        scorers = JobScorers(spec, manifest)
+        outcome: dict[str, str] = {}
+
+        def run(scorers: JobScorers = scorers, outcome: dict = outcome) -> None:
+            try:
+                scorers.score(snapshot, "distance")
+                outcome["done"] = "scored before the release"
+            except Internal as exc:
+                outcome["internal"] = str(exc)
+            except Exception as exc:  # noqa: BLE001 - the test reports any other error
+                outcome["unexpected"] = repr(exc)
+
+        round_thread = threading.Thread(target=run)
+        round_thread.start()
+        ray.get([a.info.remote() for a in scorers.actors])  # alive; the round is queued
+        scorers.shutdown()
+        round_thread.join(timeout=300)
+        assert not round_thread.is_alive() and "unexpected" not in outcome, outcome
+        assert "released" in outcome.get("internal", "released"), outcome
+        with pytest.raises(Internal, match="released"):  # a late restart starts nothing
+            scorers._restart_actor(0, timeout=30)
+        names = set(scorers.names)
+        alive = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+        for _ in range(600):
+            if not names & alive:
+                break
+            time.sleep(0.2)
+            alive = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+        assert not names & alive, f"scorers left behind: {names & alive}"
