@@ -176,6 +176,7 @@ class JobCoordinator:
         self.access = DatasetAccess(self.limits.dataset_roots)
         self._jobs: dict[str, _Job] = {}
         self._quarantined: dict[str, _Quarantined] = {}
+        self._stopping = False  # shutdown() began: rounds in flight end without an alarm
         self._creating: dict[str, JobSpec] = {}  # job id → spec, while being placed
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -568,7 +569,11 @@ class JobCoordinator:
                 return
             self.store.save_round(job.spec.job_id, result)
         except Exception as exc:  # noqa: BLE001 - reported to waiters and logs
-            log.exception("job %s round %d failed", job.spec.job_id, round_)
+            if job.deleted or self._stopping:  # its scorers were released under it
+                log.info("job %s round %d ended with the job or the selector: %s",
+                         job.spec.job_id, round_, exc)
+            else:
+                log.exception("job %s round %d failed", job.spec.job_id, round_)
             with self._lock:
                 job.rounds[round_] = job.rounds[round_].failed(str(exc))
                 self._changed.notify_all()
@@ -662,6 +667,7 @@ class JobCoordinator:
     def shutdown(self) -> None:
         """Stop every job's scorers (state is already on disk)."""
         with self._lock:
+            self._stopping = True
             jobs = list(self._jobs.values())
             self._changed.notify_all()
         for job in jobs:
