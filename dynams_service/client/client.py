@@ -73,10 +73,11 @@ class SelectorClient:
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                    # Reconnect quickly to a selector that comes back (gRPC's default
-                   # backoff grows to 120 s, longer than most epochs).
+                   # backoff grows to 120 s, longer than most epochs; the sampler's
+                   # reachability probe waits past this maximum).
                    ("grpc.initial_reconnect_backoff_ms", 200),
                    ("grpc.min_reconnect_backoff_ms", 200),
-                   ("grpc.max_reconnect_backoff_ms", 2000)]
+                   ("grpc.max_reconnect_backoff_ms", 1000)]
         if tls_ca is not None:
             creds = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
             self._channel = grpc.secure_channel(address, creds, options=options)
@@ -89,18 +90,16 @@ class SelectorClient:
         self.retries = retries
         self.backoff = backoff
 
-    def _call(self, method: str, fn: Callable[[float], T], timeout: float | None,
-              retries: int | None = None) -> T:
+    def _call(self, method: str, fn: Callable[[float], T], timeout: float | None) -> T:
         timeout = self.timeout if timeout is None else timeout
-        retries = self.retries if retries is None else retries
         deadline = time.monotonic() + timeout
         delay = self.backoff
-        for attempt in range(retries + 1):
+        for attempt in range(self.retries + 1):
             try:
                 return fn(max(0.001, deadline - time.monotonic()))
             except grpc.RpcError as exc:
                 code = exc.code()  # type: ignore[attr-defined]
-                retry = (code == grpc.StatusCode.UNAVAILABLE and attempt < retries
+                retry = (code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries
                          and time.monotonic() + delay < deadline)
                 if not retry:
                     raise SelectorRpcError(method, code, exc.details(),  # type: ignore[attr-defined]
@@ -108,6 +107,14 @@ class SelectorClient:
                 time.sleep(delay * (1 + random.random() * 0.2))
                 delay *= 2
         raise AssertionError("unreachable")
+
+    def reachable(self, timeout: float) -> bool:
+        """Whether the channel connects within ``timeout`` seconds (no call is made)."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+            return True
+        except grpc.FutureTimeoutError:
+            return False
 
     def create_job(self, spec: JobSpec, timeout: float | None = None) -> pb.Job:
         """Create (or find the identical) job; scorers are started before it returns."""
@@ -165,14 +172,13 @@ class SelectorClient:
         return self._call("PushWeights", push, timeout)
 
     def get_selection(self, job_id: str, epoch: int, rank: int, world_size: int, *,
-                      drop_last: bool = False, timeout: float | None = None,
-                      retries: int | None = None) -> tuple[pb.SelectionHeader, np.ndarray]:
-        """This rank's indices for ``epoch``; waits up to ``timeout`` for a scoring round.
-        ``retries`` overrides the client's attempts on UNAVAILABLE for this call."""
+                      drop_last: bool = False, timeout: float | None = None
+                      ) -> tuple[pb.SelectionHeader, np.ndarray]:
+        """This rank's indices for ``epoch``; waits up to ``timeout`` for a scoring round."""
         request = pb.GetSelectionRequest(job_id=job_id, epoch=epoch, rank=rank,
                                          world_size=world_size, drop_last=drop_last)
         return self._call("GetSelection", lambda t: indices_from_chunks(self._stub.GetSelection(
-            request, timeout=t, metadata=self._metadata)), timeout, retries)
+            request, timeout=t, metadata=self._metadata)), timeout)
 
     def close(self) -> None:
         self._channel.close()

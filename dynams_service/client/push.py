@@ -103,15 +103,6 @@ class PushScheduler:
         send = self._sends.get(target)
         return send is not None and send.done() and not send.result()
 
-    def outcome(self, target: int, timeout: float) -> bool | None:
-        """Whether this process's send for ``target`` succeeded, waiting up to ``timeout``
-        for it; None when this process sent nothing for it or it is still on the wire."""
-        send = self._sends.get(target)
-        if send is None:
-            return None
-        done, _ = wait_futures([send], timeout=max(0.0, timeout))
-        return send.result() if done and not send.cancelled() else None
-
     def _send(self, target: int, version: int, records: list[TensorRecord]) -> bool:
         """Send one push; on a selector that lost the job, create it and push again."""
         job = self.job

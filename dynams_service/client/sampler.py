@@ -4,9 +4,8 @@ Each rank asks the selector for its part of the epoch's canonical list (NOTE [ c
 list ] in ``core/partition.py``). If the selector is unreachable or late past the
 deadline, the rank trains on a seeded uniform subset of the planned size instead, warns
 once and counts it: the job never hangs and every epoch has the planned length. Once the
-selector was unreachable, later epochs ask it once instead of retrying (rank 0 first waits
-for its weights push, which tells whether the selector is back), so an epoch without a
-selector costs no backoff. A round
+selector was unreachable, later epochs first wait up to 1.5 s for a connection instead of
+paying the client's retries (≈ 7 s) again. A round
 that failed on the selector is a configuration error and raises ``RoundFailedError``,
 unless the sampler was built with ``fallback_on_failed_round=True``.
 """
@@ -31,12 +30,16 @@ from ..core.partition import epoch_order, rank_count, rank_part, uniform_subset
 from ..core.policy import EpochKind, Plan
 from ..protocol import ROUND_FAILED, WEIGHTS_NOT_PUSHED, pb
 from .client import SelectorClient, SelectorRpcError
-from .job import UNREACHABLE, SelectorJob
+from .job import SelectorJob
 from .push import PushScheduler
 
 __all__ = ["DynaMSSampler", "EpochSource", "RoundFailedError"]
 
 log = logging.getLogger(__name__)
+
+# How long a rank waits for a connection to a selector that was unreachable at the last
+# epoch: past the client's 1 s maximum reconnect backoff (with its jitter).
+REACHABLE_PROBE_SECONDS = 1.5
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,9 @@ class DynaMSSampler(Sampler[int]):
         self.sources: dict[int, EpochSource] = {}
         self.blocked_seconds: dict[int, float] = {}  # epoch → time __iter__ waited for it
         self._warned = False
-        self._unreachable = False  # the last answer was a fallback on an unreachable selector
+        # The last answer was a fallback on an unreachable selector. Two fetch threads may
+        # write it; either order is fine (it only chooses whether to probe first).
+        self._unreachable = False
         self._closed = False
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dynams-fetch")
         self._futures: dict[int, Future] = {}
@@ -289,14 +294,12 @@ class DynaMSSampler(Sampler[int]):
         expected = rank_count(self._plan[epoch].size, self.world_size, self.drop_last)
         deadline = started + self.deadline
         recreated = False
-        retries = None  # the client's
-        if self._unreachable:
-            pushed = self.pusher.outcome(epoch, deadline - time.monotonic())
-            if pushed is False:
-                return self._fallback(epoch, "the weights push failed",
-                                      time.monotonic() - started)
-            if pushed is None:
-                retries = 0  # one attempt: the selector was down at the last epoch
+        if self._unreachable and not self.client.reachable(
+                min(REACHABLE_PROBE_SECONDS, max(0.0, deadline - started))):
+            # Down at the last epoch and still no connection: fall back now rather than
+            # pay the client's retries every epoch. Every rank probes alike, so all of
+            # them see a selector that came back (the channel reconnects within 1 s).
+            return self._fallback(epoch, "still unreachable", time.monotonic() - started)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -305,7 +308,7 @@ class DynaMSSampler(Sampler[int]):
             try:
                 header, indices = self.client.get_selection(
                     self.spec.job_id, epoch, self.rank, self.world_size,
-                    drop_last=self.drop_last, timeout=remaining, retries=retries)
+                    drop_last=self.drop_last, timeout=remaining)
             except SelectorRpcError as exc:
                 if exc.reason == WEIGHTS_NOT_PUSHED:
                     if self.pusher.failed(epoch):
@@ -320,7 +323,7 @@ class DynaMSSampler(Sampler[int]):
                     recreated = True
                     continue
                 reason = f"{exc.code.name}: {exc.details}"
-                self._unreachable = exc.code in UNREACHABLE
+                self._unreachable = exc.code == grpc.StatusCode.UNAVAILABLE
                 break
             if len(indices) != expected:
                 reason = f"selector sent {len(indices)} indices, the plan says {expected}"

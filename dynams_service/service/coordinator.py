@@ -569,7 +569,8 @@ class JobCoordinator:
                 return
             self.store.save_round(job.spec.job_id, result)
         except Exception as exc:  # noqa: BLE001 - reported to waiters and logs
-            if job.deleted or self._stopping:  # its scorers were released under it
+            if isinstance(exc, Internal) and (job.deleted or self._stopping):
+                # its scorers were released under it
                 log.info("job %s round %d ended with the job or the selector: %s",
                          job.spec.job_id, round_, exc)
             else:

@@ -252,6 +252,8 @@ class JobScorers:
         """Score every row with the snapshot's weights (name → numpy array); each actor
         keeps its margins for :meth:`select`. Raises ``Internal`` on a timeout or a failed
         scorer."""
+        if self._released:
+            raise self._released_error()
         started = time.perf_counter()
         deadline = time.monotonic() + timeout
         per_class = self.spec.policy.per_class
@@ -345,10 +347,13 @@ class JobScorers:
                     "shards", self.names[i], "gone" if lost.dead else "restarted")
         remaining = max(0.0, deadline - time.monotonic())
         try:
+            with self._lock:
+                if self._released:
+                    raise self._released_error()
+                actor = self.actors[i]
             if lost.dead:
-                self._restart_actor(i, remaining)
-            ray.get(self.actors[i].score_part.remote(snapshot_ref, mode,
-                                                     self.spec.policy.per_class),
+                actor = self._restart_actor(i, remaining)
+            ray.get(actor.score_part.remote(snapshot_ref, mode, self.spec.policy.per_class),
                     timeout=max(0.0, deadline - time.monotonic()))
         except GetTimeoutError:
             raise Internal(f"rescoring scorer {self.names[i]} timed out") from None
@@ -361,7 +366,7 @@ class JobScorers:
         return Internal(f"the scorers of job {self.job_id!r} were released during the "
                         "round (selector stopping or job deleted)")
 
-    def _restart_actor(self, i: int, timeout: float):
+    def _restart_actor(self, i: int, timeout: float) -> ray.actor.ActorHandle:
         """Scorer ``i`` started again in place of a dead one; ``Internal`` if the scorers
         are being released (then the new actor is killed, not left orphaned)."""
         if self._released:
@@ -375,7 +380,12 @@ class JobScorers:
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)
             raise self._released_error()
-        self.infos[i] = ray.get(actor.info.remote(), timeout=timeout)
+        try:
+            self.infos[i] = ray.get(actor.info.remote(), timeout=timeout)
+        except (GetTimeoutError, RayActorError):
+            if self._released:  # killed by the release while it started
+                raise self._released_error() from None
+            raise
         return actor
 
     def shutdown(self) -> None:

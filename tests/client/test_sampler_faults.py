@@ -130,50 +130,54 @@ def test_close_returns_within_the_deadline_behind_a_frozen_selector(ray_cluster,
         selector.sigkill()
 
 
-@pytest.mark.parametrize("rank", [1, 0])
-def test_a_down_selector_is_asked_once_per_epoch_not_retried(small_shards, trained_model, rank):
-    """Once an epoch fell back on an unreachable selector, the next ones ask it once: the
-    client's backoff (0.2 + 0.4 + … s) once doubled the length of every fallback epoch.
-    Rank 0, which pushes, takes its failed push as the answer and does not ask at all."""
-    from concurrent import futures
+def test_ranks_skip_retries_while_the_selector_stays_down_and_all_see_it_back(
+        server_factory, small_shards, trained_model, tmp_path):
+    """While the selector stays down, an epoch waits for a connection (≤ 1.5 s) instead of
+    the client's retries (they once doubled the length of every fallback epoch); when it
+    is back, every rank uses it again at the next epoch, not only rank 0, which pushes."""
+    uri, manifest = small_shards
+    spec = JobSpec(job_id="down", dataset_uri=uri, fingerprint=manifest.fingerprint,
+                   proxy=ProxySpec(architecture="fmnist-cnn", width=0.25),
+                   policy=SelectionPolicy(ratio=0.3, warmup_epochs=1, seed=5), epochs=4,
+                   resources=ScorerResources(num_scorers=1, num_cpus=0))
+    address = f"127.0.0.1:{free_port()}"
+    server = server_factory(state_dir=tmp_path / "state", address=address)
+    attempts: list[dict[int, int]] = [{}, {}]  # rank → epoch → GetSelection calls sent
+    samplers = []
+    for rank in range(2):
+        client = SelectorClient(address, timeout=30, retries=3, backoff=0.3)
+        real = client._stub.GetSelection
 
-    import grpc
+        def counted(request, *args, real=real, seen=attempts[rank], **kwargs):
+            seen[request.epoch] = seen.get(request.epoch, 0) + 1
+            return real(request, *args, **kwargs)
 
-    from dynams_service.protocol import pb
+        client._stub.GetSelection = counted  # the real call, counted
+        samplers.append(DynaMSSampler(4000, SelectorJob.create(client, spec), rank=rank,
+                                      world_size=2, deadline=30))
 
-    attempts: dict[int, int] = {}
-
-    def get_selection(request: pb.GetSelectionRequest, context: grpc.ServicerContext):
-        attempts[request.epoch] = attempts.get(request.epoch, 0) + 1
-        context.abort(grpc.StatusCode.UNAVAILABLE, "draining")
-        yield  # a server-streaming handler
-
-    # A real gRPC server that knows only GetSelection: pushes get UNIMPLEMENTED.
-    down = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    down.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "dynams.v1.Selector", {"GetSelection": grpc.unary_stream_rpc_method_handler(
-            get_selection, request_deserializer=pb.GetSelectionRequest.FromString)})])
-    port = down.add_insecure_port("127.0.0.1:0")
-    down.start()
-    try:
-        uri, manifest = small_shards
-        spec = JobSpec(job_id="down", dataset_uri=uri, fingerprint=manifest.fingerprint,
-                       proxy=ProxySpec(architecture="fmnist-cnn", width=0.25),
-                       policy=SelectionPolicy(ratio=0.3, warmup_epochs=1, seed=5), epochs=4)
-        client = SelectorClient(f"127.0.0.1:{port}", timeout=30, retries=3, backoff=0.01)
-        sampler = DynaMSSampler(4000, SelectorJob(client, spec, can_create=True), rank=rank,
-                                world_size=2, deadline=30)
-        for epoch in range(4):
+    def run_epoch(epoch: int, version: int | None = None) -> None:
+        for sampler in samplers:
             sampler.set_epoch(epoch)
+        if version is not None:
+            for sampler in samplers:
+                sampler.epoch = epoch - 1  # the push is for `epoch`, made during the one before
+                sampler.push(trained_model, version=version)
+                sampler.epoch = epoch
+        for sampler in samplers:
             assert len(list(sampler)) == sampler.epoch_lengths()[epoch]
-            if epoch >= 1:
-                sampler.push(trained_model, version=epoch + 1)  # for the next epoch
-        sampler.close()
+
+    try:
+        run_epoch(0)
+        server.stop(grace=0)
+        run_epoch(1, version=1)  # the first epoch without a selector: the client retries
+        run_epoch(2, version=2)  # still down: no call at all
+        server_factory(state_dir=tmp_path / "state", address=address)
+        run_epoch(3, version=3)  # back: every rank uses it
     finally:
-        down.stop(grace=0)
-    if rank == 1:
-        assert attempts == {0: 4, 1: 1, 2: 1, 3: 1}  # 1 + 3 retries, then one ask per epoch
-    else:
-        assert attempts == {0: 4, 1: 1}  # epochs 2 and 3: the failed pushes answered
-        assert sampler.pusher.failed(2) and sampler.pusher.failed(3)
-    assert sampler.fallback_epochs == [1, 2, 3] and sampler.sources[0].kind == "full"
+        for sampler in samplers:
+            sampler.close()
+    for rank, sampler in enumerate(samplers):
+        assert attempts[rank][1] == 4 and 2 not in attempts[rank], (rank, attempts[rank])
+        assert sampler.fallback_epochs == [1, 2], (rank, sampler.fallback_epochs)
+        assert sampler.sources[3].kind == "subset" and sampler.sources[3].weights_version == 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import numpy as np
@@ -17,6 +18,7 @@ from dynams_service.core.distributed_selection import SelectionPart
 from dynams_service.core.proxy import build_proxy, export_psp, records_to_state, spec_of
 from dynams_service.core.selection_rules import round_seed, rule_select, view_part
 from dynams_service.core.shards import decode_samples, read_shards
+from dynams_service.service.errors import Internal
 from dynams_service.service.scorer import JobScorers
 
 from .conftest import make_spec
@@ -101,10 +103,6 @@ def test_a_release_during_a_round_fails_it_and_leaves_no_scorer(ray_cluster, sma
     fails as released and re-creates no scorer. Before the release flag, a scorer killed
     by the release looked like a dead one: the round started a replacement (left running
     under the job's name) or hit an IndexError on the emptied actor list."""
-    import threading
-
-    from dynams_service.service.errors import Internal
-
     uri, manifest = small_shards
     for attempt in range(3):
         spec = make_spec(small_shards, f"release-{attempt}")
@@ -132,10 +130,39 @@ def test_a_release_during_a_round_fails_it_and_leaves_no_scorer(ray_cluster, sma
         with pytest.raises(Internal, match="released"):  # a late restart starts nothing
             scorers._restart_actor(0, timeout=30)
         names = set(scorers.names)
+        assert_no_scorer_left(names)
+
+    # The window itself: a restart waiting for its name while the release runs. The
+    # release kills the holder of the name, the restart's actor starts, sees the release
+    # and is killed; before, it stayed up under the job's name.
+    spec = make_spec(small_shards, "release-window")
+    spec = spec.model_copy(update={"resources": spec.resources.model_copy(
+        update={"num_cpus": 0})})
+    scorers = JobScorers(spec, manifest)
+    failures: list[BaseException] = []
+
+    def restart() -> None:
+        try:
+            scorers._restart_actor(0, timeout=60)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            failures.append(exc)
+
+    restarting = threading.Thread(target=restart)
+    restarting.start()
+    time.sleep(1.0)  # let it reach the name wait (a sequencing aid, not a bound)
+    scorers.shutdown()
+    restarting.join(timeout=120)
+    assert len(failures) == 1 and isinstance(failures[0], Internal), failures
+    assert "released" in str(failures[0])
+    assert_no_scorer_left(set(scorers.names))
+
+
+def assert_no_scorer_left(names: set[str]) -> None:
+    """No actor of ``names`` is alive, once the killed ones have gone (a failure guard)."""
+    alive = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+    for _ in range(600):
+        if not names & alive:
+            break
+        time.sleep(0.2)
         alive = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
-        for _ in range(600):
-            if not names & alive:
-                break
-            time.sleep(0.2)
-            alive = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
-        assert not names & alive, f"scorers left behind: {names & alive}"
+    assert not names & alive, f"scorers left behind: {names & alive}"
