@@ -1,5 +1,6 @@
 """Time a trainer waits per epoch while its selector is down: the first unreachable epoch
-(the client's retries with backoff) against the later ones (one ask each), in one run.
+(the client's retries with backoff) against the later ones (a wait of at most 1.5 s for a
+connection, no call), in one run.
 
 The selector is a closed port on 127.0.0.1; the sampler is one rank with the default
 client (5 retries from 0.2 s) and the default deadline.
@@ -16,6 +17,8 @@ import logging
 import socket
 import statistics
 from pathlib import Path
+
+from results_io import store_json
 
 from dynams_service import JobSpec, ProxySpec, SelectionPolicy
 from dynams_service.client import DynaMSSampler, SelectorClient, SelectorJob
@@ -56,9 +59,7 @@ def main() -> int:
               "fallback_epochs": sampler.fallback_epochs,
               "saved_per_epoch_s": round(blocked[0] - later, 3)}
     print(json.dumps(result))
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "fallback_cost.json").write_text(json.dumps(result, indent=1))
+    store_json(args.out, "fallback_cost.json", result)
     return 0
 
 

@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.jpeg_data import jpeg_dataset  # noqa: E402
+from benchmarks.results_io import store_json  # noqa: E402
 from dynams_service.core.decoders import ImageDecoder, Normalizer  # noqa: E402
 from dynams_service.core.idx import load_idx_split  # noqa: E402
 from dynams_service.core.margin import margins  # noqa: E402
@@ -237,9 +238,7 @@ def main() -> None:
 
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "scale.json").write_text(json.dumps(result, indent=2))
+    store_json(args.out, "scale.json", result)
     if args.json:
         print(json.dumps(result))
     else:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_io import store_json
 
 from dynams_service import ShardDataset
 
@@ -50,9 +51,7 @@ def main() -> int:
               "old_cache_bytes": OLD_CACHE_BYTES, "old_samples_per_s": round(old),
               "speedup": round(new / old, 1)}
     print(json.dumps(result))
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "shard_dataset.json").write_text(json.dumps(result, indent=1))
+    store_json(args.out, "shard_dataset.json", result)
     return 0
 
 

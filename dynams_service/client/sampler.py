@@ -295,7 +295,7 @@ class DynaMSSampler(Sampler[int]):
         deadline = started + self.deadline
         recreated = False
         if self._unreachable and not self.client.reachable(
-                min(REACHABLE_PROBE_SECONDS, max(0.0, deadline - started))):
+                min(REACHABLE_PROBE_SECONDS, self.deadline)):
             # Down at the last epoch and still no connection: fall back now rather than
             # pay the client's retries every epoch. Every rank probes alike, so all of
             # them see a selector that came back (the channel reconnects within 1 s).
