@@ -12,11 +12,13 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-# torch is pinned first so that pip takes the CPU wheel it can find, not a CUDA build.
+# torch and torchvision are pinned first, as a pair: torchvision's compiled ops load only
+# beside the torch they were built for (this build runs on CPU-only machines too).
+TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet $(TORCH_PAIR)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
