@@ -39,7 +39,8 @@ WIRE_DTYPES: dict[str, torch.dtype] = {
 }
 _DTYPE_NAMES = {v: k for k, v in WIRE_DTYPES.items()}
 _WIRE_NUMPY = {"float32": "<f4", "float16": "<f2", "bfloat16": "<i2", "int64": "<i8"}
-_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+# Dotted torch module paths; a segment may hold "-" (torchvision's RegNet: block1-0).
+_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_-]+)*$")
 MAX_TENSOR_DIMS = 8
 
 
@@ -125,7 +126,7 @@ def records_to_state(
     state: dict[str, torch.Tensor] = {}
     for record in records:
         if not _NAME_PATTERN.match(record.name):
-            raise PSPError(f"tensor name {record.name[:80]!r} is not a dotted identifier")
+            raise PSPError(f"tensor name {record.name[:80]!r} is not a dotted module path")
         if record.name in state:
             raise PSPError(f"tensor {record.name!r} appears twice")
         if record.name not in spec:

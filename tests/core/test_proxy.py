@@ -63,7 +63,7 @@ def _bad_pushes():
         "duplicate": (good + [w], "twice"),
         "missing": (good[1:], "missing"),
         "unknown name": (good + [rec("extra.weight", torch.zeros(1))], "not part"),
-        "path-like name": (good + [rec("../../etc/passwd", torch.zeros(1))], "dotted identifier"),
+        "path-like name": (good + [rec("../../etc/passwd", torch.zeros(1))], "dotted module path"),
         "negative dim": (swap(TensorRecord(w.name, w.dtype, (-8, 1, 3, 3), w.data)), "shape"),
     }
 

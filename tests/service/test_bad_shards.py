@@ -206,7 +206,7 @@ def test_a_tensor_named_like_a_path_is_refused(waiting: Waiting, name: str, how:
     existed = {target for target in targets if target.exists()}
     error = _refused(waiting, [*others, TensorRecord(name, fc.dtype, fc.shape, fc.data)])
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT, error
-    assert "is not a dotted identifier" in error.details, error
+    assert "is not a dotted module path" in error.details, error
     _assert_nothing_committed(waiting)
     assert {target for target in targets if target.exists()} == existed  # nothing written
 
