@@ -10,8 +10,9 @@ hold); ``Normalizer`` then scales to [0, 1] and applies the manifest's mean/std.
 Built-ins:
 - ``raw``: fixed-size tensors stored as ``fixed_size_binary`` (``shape``, ``dtype``);
 - ``image``: JPEG/PNG/WebP/BMP bytes → grey or RGB → resize (antialiased bilinear, the
-  shorter side first) and centre-crop to ``size`` = (C, H, W). On a CUDA device, JPEGs are
-  decoded on the GPU in batches when torchvision is installed.
+  shorter side first) and centre-crop to ``size`` = (C, H, W), with torchvision
+  (``torchvision.io`` and ``transforms.v2``). On a CUDA device, JPEGs are decoded on the
+  GPU in batches.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 
+from .image_headers import MAX_IMAGE_PIXELS, image_format, image_size
 from .registry import Registry
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
 
 RAW_DTYPES = ("uint8", "float32")
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
-_JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 class DecodeError(ValueError):
@@ -137,42 +137,80 @@ class ImageDecoder(Decoder):
         return pa.types.is_binary(column_type) or pa.types.is_large_binary(column_type)
 
     def decode_one(self, data: bytes, row: int = 0) -> torch.Tensor:
-        """One encoded image → uint8 ``(C, H, W)``."""
+        """One encoded image → uint8 ``(C, H, W)``.
+
+        JPEG, PNG and WebP decode with ``torchvision.io.decode_image`` and resize with
+        ``transforms.v2`` (2–3× Pillow's rate, ``benchmarks/decode.py``); BMP, which
+        torchvision does not read, with Pillow. The header is checked first: a format the
+        dataset does not allow, or a decompression bomb, is refused before decoding.
+        """
+        fmt = self.checked_format(data, row)
+        x = self._pillow(data, row) if fmt == "BMP" else self._torchvision(data, row, fmt)
+        return resize_center_crop(x, self.shape[1], self.shape[2])
+
+    def checked_format(self, data: bytes | None, row: int) -> str:
+        """The image's format, after checking its header; ``DecodeError`` otherwise."""
+        if data is None:
+            raise DecodeError(row, "null sample")
+        fmt = image_format(data)
+        if fmt not in self.formats:
+            raise DecodeError(row, f"not a decodable {'/'.join(self.formats)} image")
+        size = image_size(data, fmt)
+        if size is None:
+            raise DecodeError(row, f"not a decodable {fmt} image (malformed header)")
+        if size[0] * size[1] > MAX_IMAGE_PIXELS:
+            raise DecodeError(row, f"a {size[0]}x{size[1]} image exceeds the limit of "
+                                   f"{MAX_IMAGE_PIXELS} pixels")
+        return fmt
+
+    def _torchvision(self, data: bytes, row: int, fmt: str) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_image
+        from torchvision.transforms.v2 import functional as TF
+
+        grey = self.shape[0] == 1 and fmt != "WEBP"  # torchvision reads WebP only in colour
+        mode = ImageReadMode.GRAY if grey else ImageReadMode.RGB
+        try:
+            x = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+        except RuntimeError:
+            raise DecodeError(row, f"not a decodable {fmt} image") from None
+        if x.dtype != torch.uint8:  # a 16-bit PNG
+            x = TF.to_dtype(x, torch.uint8, scale=True)
+        return TF.rgb_to_grayscale(x) if self.shape[0] == 1 and x.shape[0] == 3 else x
+
+    def _pillow(self, data: bytes, row: int) -> torch.Tensor:
         from PIL import Image
 
         try:
-            with Image.open(io.BytesIO(data), formats=self.formats) as img:
+            with Image.open(io.BytesIO(data), formats=["BMP"]) as img:
                 pixels = np.array(img.convert(self.mode))  # writable, for torch
-        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-            raise DecodeError(row, f"not a decodable {'/'.join(self.formats)} image "
-                                   f"({type(exc).__name__})") from None
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+            raise DecodeError(row, "not a decodable BMP image") from None
         x = torch.from_numpy(pixels)
-        x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
-        return resize_center_crop(x, self.shape[1], self.shape[2])
+        return x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
 
     def decode(self, column: pa.Array) -> torch.Tensor:
         if not self.accepts(column.type):
             raise DecodeError(0, f"expected binary image bytes, got {column.type}")
         out = torch.empty((len(column), *self.shape), dtype=torch.uint8)
         for i, data in enumerate(column.to_pylist()):
-            if data is None:
-                raise DecodeError(i, "null sample")
             out[i] = self.decode_one(data, i)
         return out
 
     def decode_on(self, column: pa.Array, device: torch.device) -> torch.Tensor:
-        """On CUDA with torchvision, JPEGs decode on the GPU in one batch; others on CPU."""
-        decode_jpeg = _gpu_jpeg_decoder() if device.type == "cuda" else None
-        if decode_jpeg is None:
+        """On CUDA, the batch's JPEGs decode on the GPU in one call
+        (``torchvision.io.decode_jpeg(device=...)``); other formats on the CPU."""
+        if device.type != "cuda":
             return super().decode_on(column, device)
+        from torchvision.io import ImageReadMode, decode_jpeg
+
         values = column.to_pylist()
-        if any(v is None for v in values):
-            return self.decode(column).to(device)  # names the null row
+        formats = [self.checked_format(v, i) for i, v in enumerate(values)]
         out = torch.empty((len(values), *self.shape), dtype=torch.uint8, device=device)
-        jpegs = [i for i, v in enumerate(values) if v[:3] == _JPEG_MAGIC]
+        jpegs = [i for i, fmt in enumerate(formats) if fmt == "JPEG"]
+        mode = ImageReadMode.GRAY if self.shape[0] == 1 else ImageReadMode.RGB
         try:
             decoded = decode_jpeg([torch.frombuffer(bytearray(values[i]), dtype=torch.uint8)
-                                   for i in jpegs], self.shape[0], device) if jpegs else []
+                                   for i in jpegs], mode=mode, device=device) if jpegs else []
         except RuntimeError:
             return self.decode(column).to(device)  # the CPU decoder names the bad row
         for i, x in zip(jpegs, decoded, strict=True):
@@ -182,35 +220,19 @@ class ImageDecoder(Decoder):
         return out
 
 
-def _gpu_jpeg_decoder() -> Callable[[list[torch.Tensor], int, torch.device], list] | None:
-    """torchvision's batched GPU JPEG decoder, or None where torchvision is not installed."""
-    try:
-        from torchvision.io import ImageReadMode, decode_jpeg
-    except (ImportError, RuntimeError, OSError):  # absent, or built for another torch
-        return None
-
-    def run(data: list[torch.Tensor], channels: int, device: torch.device) -> list:
-        mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-        return decode_jpeg(data, mode=mode, device=device)
-
-    return run
-
-
 def resize_center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """uint8 ``(C, h, w)`` → ``(C, height, width)``: scale to cover (aspect kept, antialiased
-    bilinear, as torchvision's ``Resize`` on tensors), then crop the centre."""
+    bilinear, torchvision's ``transforms.v2`` on tensors), then crop the centre."""
+    from torchvision.transforms.v2 import functional as TF
+
     h, w = x.shape[-2:]
     if (h, w) == (height, width):
         return x.contiguous()
     scale = max(height / h, width / w)
     new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
     if (new_h, new_w) != (h, w):
-        y = F.interpolate(x[None].to(torch.float32), size=(new_h, new_w), mode="bilinear",
-                          antialias=True, align_corners=False)[0]
-        x = y.round_().clamp_(0, 255).to(torch.uint8)
-    top = int(round((new_h - height) / 2.0))
-    left = int(round((new_w - width) / 2.0))
-    return x[:, top:top + height, left:left + width].contiguous()
+        x = TF.resize(x, [new_h, new_w], antialias=True)
+    return TF.center_crop(x, [height, width]).contiguous()
 
 
 class Normalizer:

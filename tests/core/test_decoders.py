@@ -116,3 +116,48 @@ def test_operator_decoder_registers_and_builds():
     assert isinstance(decoder, Decoder)
     column = pa.array([bytes([0, 1, 2, 3])], type=pa.binary(4))
     assert decoder.decode(column).flatten().tolist() == [255, 254, 253, 252]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_header_gives_format_and_size(fmt, channels):
+    from dynams_service.core.image_headers import image_format, image_size
+
+    shape = (13, 21) if channels == 1 else (13, 21, 3)
+    data = encode(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8), fmt)
+    assert image_format(data) == fmt
+    assert image_size(data, fmt) == (21, 13)
+    out = ImageDecoder([channels, 13, 21]).decode(pa.array([data]))
+    assert out.shape == (1, channels, 13, 21)
+
+
+def _with_size(data: bytes, fmt: str, width: int, height: int) -> bytes:
+    """The image's header rewritten to claim ``width`` x ``height`` pixels."""
+    import struct
+
+    if fmt == "PNG":
+        return data[:16] + struct.pack(">II", width, height) + data[24:]
+    sof = data.index(b"\xff\xc0")
+    return data[:sof + 5] + struct.pack(">HH", height, width) + data[sof + 9:]
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_decompression_bomb_is_refused_before_decoding(fmt):
+    data = _with_size(encode(np.zeros((8, 8), np.uint8), fmt), fmt, 60000, 60000)
+    with pytest.raises(DecodeError, match="60000x60000 image exceeds the limit"):
+        ImageDecoder([1, 8, 8]).decode(pa.array([data]))
+
+
+def test_format_outside_the_allowed_ones_is_refused():
+    png = encode(np.zeros((4, 4), np.uint8), "PNG")
+    with pytest.raises(DecodeError, match="not a decodable JPEG image"):
+        ImageDecoder([1, 4, 4], formats=["JPEG"]).decode(pa.array([png]))
+
+
+def test_sixteen_bit_png_decodes_to_uint8():
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="PNG")
+    out = ImageDecoder([1, 8, 8]).decode(pa.array([buf.getvalue()]))
+    assert out.dtype == torch.uint8
+    assert torch.equal(out[0, 0], torch.from_numpy((ramp >> 8).astype(np.uint8)))
