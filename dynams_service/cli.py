@@ -30,6 +30,8 @@ def _convert(args: argparse.Namespace) -> int:
         return _convert_image_folder(args)
     if args.size:
         raise ValueError("--size applies to --image-folder only (IDX images stay 1x28x28)")
+    if args.skip_broken:
+        raise ValueError("--skip-broken applies to --image-folder only")
     out = args.out.rstrip("/")
     started = time.perf_counter()
     images, labels = load_idx_split(args.idx, "train")
@@ -70,10 +72,15 @@ def _convert_image_folder(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     manifest = write_image_folder(args.image_folder, args.out, size=args.size,
                                   rows_per_shard=args.rows_per_shard, limit=args.limit,
-                                  progress=sys.stderr.isatty())
+                                  progress=sys.stderr.isatty(), skip_broken=args.skip_broken)
     classes = manifest.class_names or ()
     print(f"wrote {args.out}: {manifest.num_samples} images, {len(classes)} classes, "
           f"{len(manifest.shards)} shards, decoded {list(manifest.sample_shape)}")
+    if manifest.skipped:
+        print(f"skipped {len(manifest.skipped)} images that do not decode (listed in the "
+              f"manifest's 'skipped'):", file=sys.stderr)
+        for name in manifest.skipped:
+            print(f"  {name}", file=sys.stderr)
     print(f"done in {time.perf_counter() - started:.1f}s")
     return 0
 
@@ -304,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "the first N (the test split stays whole); --image-folder, N "
                               "spread evenly over the sorted files, so every class keeps "
                               "its share (default: all)")
+    convert.add_argument("--skip-broken", action="store_true",
+                         help="--image-folder: leave out images that do not decode, listing "
+                              "each on stderr and in the manifest's 'skipped' (default: stop "
+                              "at the first, naming it)")
     convert.set_defaults(func=_convert)
 
     info = dataset_cmds.add_parser(

@@ -129,3 +129,44 @@ def test_serve_refuses_limits_that_would_starve_short_calls():
     assert "--max-streams (500) must be below the server's 128 worker threads" in result.stderr
     result = run("serve", "--job-ttl", "-1")
     assert result.returncode == 2 and "must be >= 0" in result.stderr
+
+
+def test_image_folder_skip_broken_lists_every_skipped_file(tmp_path, fashion_mnist_dir):
+    import shutil as sh
+
+    from benchmarks.jpeg_data import jpeg_folder
+    from dynams_service import ShardDataset, read_manifest
+
+    folder = tmp_path / "folder"
+    sh.copytree(jpeg_folder(60, size=32, channels=3, root=tmp_path / "cache"), folder)
+    broken = [sorted((folder / "bag").iterdir())[0], sorted((folder / "coat").iterdir())[2]]
+    broken[0].write_bytes(b"GIF89a")
+    broken[1].write_bytes(broken[1].read_bytes()[:60])  # a JPEG cut short
+    out = tmp_path / "out"
+    result = run("dataset", "convert", "--image-folder", str(folder), "--out", str(out),
+                 "--rows-per-shard", "16", "--skip-broken")
+    assert result.returncode == 0, result.stderr
+    assert "58 images, 10 classes" in result.stdout
+    names = sorted(str(p.relative_to(folder)) for p in broken)
+    assert "skipped 2 images that do not decode" in result.stderr
+    assert all(f"  {name}\n" in result.stderr for name in names)
+    manifest = read_manifest(str(out))
+    assert sorted(manifest.skipped) == names and manifest.num_samples == 58
+    assert len(ShardDataset(str(out))) == 58
+    idx = run("dataset", "convert", "--out", str(tmp_path / "idx"), "--skip-broken")
+    assert idx.returncode == 2 and "--skip-broken applies to --image-folder only" in idx.stderr
+
+
+def test_image_folder_with_an_empty_class_is_refused(tmp_path, fashion_mnist_dir):
+    import shutil as sh
+
+    from benchmarks.jpeg_data import jpeg_folder
+
+    folder = tmp_path / "folder"
+    sh.copytree(jpeg_folder(20, size=32, channels=1, root=tmp_path / "cache"), folder)
+    (folder / "zebra").mkdir()
+    result = run("dataset", "convert", "--image-folder", str(folder), "--out",
+                 str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "class folders without images" in result.stderr and "zebra" in result.stderr
+    assert not (tmp_path / "out").exists()

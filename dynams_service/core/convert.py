@@ -181,14 +181,16 @@ def write_encoded_shards(
     num_classes: int | None = None, rows_per_shard: int = 4096,
     stats_from: DatasetManifest | None = None, class_names: Sequence[str] | None = None,
     name_of: Callable[[int], str] | None = None, total: int | None = None,
-    threads: int | None = None, progress: bool = False,
+    threads: int | None = None, progress: bool = False, skip_broken: bool = False,
 ) -> DatasetManifest:
     """Stream encoded images ``(bytes, label)`` into a dataset with the ``image`` decoder.
 
     Every image is decoded once on the way (to check it and to compute the normalisation),
     ``rows_per_shard`` at a time in a thread pool, so memory does not grow with the
     number of items. A sample that does not decode stops the conversion with an error
-    naming it (``name_of(i)``, default ``item i``) and leaves no dataset behind.
+    naming it (``name_of(i)``, default ``item i``) and leaves no dataset behind; with
+    ``skip_broken`` it is left out instead and its name recorded in the manifest's
+    ``skipped`` (the dataset's indices count the images kept).
 
     Args:
         uri: target directory; must not exist yet.
@@ -206,27 +208,39 @@ def write_encoded_shards(
     stats, labels, shards = _ChannelStats(), [], []
     bar = _progress(total, progress)
 
-    def check(args: tuple[int, bytes]) -> torch.Tensor:
+    skipped: list[str] = []
+
+    def check(args: tuple[int, bytes]) -> torch.Tensor | None:
         i, data = args
         try:
             return decoder.decode_one(data)
         except DecodeError as exc:
+            if skip_broken:
+                return None
             raise ShardError(f"{name_of(i)}: {exc.reason}") from None
 
     with _new_dataset_dir(uri) as (fs, root), ThreadPoolExecutor(
             threads or min(4, os.cpu_count() or 1)) as pool:
         for block in _blocks(enumerate(items), rows_per_shard):
             values = [bytes(data) for _, (data, _) in block]
-            start = len(labels)
             decoded = list(pool.map(check, [(i, v) for (i, _), v in zip(block, values,
                                                                         strict=True)]))
-            stats.add(torch.stack(decoded))
+            bar.update(len(block))
+            skipped.extend(name_of(i) for (i, _), x in zip(block, decoded, strict=True)
+                           if x is None)
+            kept = [k for k, x in enumerate(decoded) if x is not None]
+            if not kept:
+                continue
+            block, values = [block[k] for k in kept], [values[k] for k in kept]
+            start = len(labels)
+            stats.add(torch.stack([decoded[k] for k in kept]))
             block_labels = np.asarray([int(y) for _, (_, y) in block], dtype=np.int64)
             labels.extend(block_labels.tolist())
             shards.append(_write_shard(fs, root, len(shards), start, block_labels,
                                        pa.array(values, type=pa.binary())))
-            bar.update(len(block))
         bar.close()
+        if not labels:
+            raise ShardError(f"none of the {len(skipped)} images decoded")
         all_labels = np.asarray(labels, dtype=np.int64)
         num_classes = _checked_labels(all_labels, num_classes)
         mean, std = (stats_from.mean, stats_from.std) if stats_from else stats.result()
@@ -234,7 +248,8 @@ def write_encoded_shards(
             fingerprint=fingerprint(all_labels, num_classes),
             decoder={"name": "image", "size": list(decoder.shape)},
             sample_shape=decoder.shape, mean=mean, std=std, shards=tuple(shards),
-            class_names=tuple(class_names) if class_names is not None else None)
+            class_names=tuple(class_names) if class_names is not None else None,
+            skipped=tuple(skipped))
         _write_manifest(fs, root, manifest)
     return manifest
 
@@ -269,35 +284,63 @@ def image_folder_files(root: str | Path) -> tuple[list[str], list[tuple[Path, in
         raise ShardError(f"{root}: found {len(classes)} class folders, need at least 2 "
                          "(one sub-folder of images per class)")
     files = []
+    empty = []
     for label, name in enumerate(classes):
+        before = len(files)
         for folder, _, names in sorted(os.walk(root / name, followlinks=True)):
             files.extend((Path(folder, f), label) for f in sorted(names)
                          if f.lower().endswith(IMAGE_EXTENSIONS))
+        if len(files) == before:
+            empty.append(name)
     if not files:
         raise ShardError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its class "
                          "folders")
+    if empty:  # a class no sample has would still count in every label and fingerprint
+        raise ShardError(f"{root}: class folders without images ({', '.join(IMAGE_EXTENSIONS)})"
+                         f": {', '.join(empty[:10])}{' …' if len(empty) > 10 else ''}; add "
+                         "images or remove them (torchvision's ImageFolder refuses them too)")
     return classes, files
 
 
 def write_image_folder(folder: str | Path, uri: str, *, size: Sequence[int] | None = None,
                        rows_per_shard: int = 4096, progress: bool = False,
-                       limit: int | None = None) -> DatasetManifest:
+                       limit: int | None = None, skip_broken: bool = False) -> DatasetManifest:
     """Convert an ``ImageFolder`` tree (one sub-folder per class) into encoded shards.
 
     Labels follow the sorted folder names (recorded as ``class_names``); images keep their
     encoded bytes. ``size`` (C, H, W) defaults to the first image's channels (grey → 1,
-    else 3) and size. A corrupt image stops the conversion naming its file. ``limit`` keeps
-    that many images spread evenly over the sorted files (every class keeps its share).
+    else 3) and size. A class folder without images is refused. A corrupt image stops the
+    conversion naming its file, unless ``skip_broken``: then every corrupt image is left
+    out and its path (relative to ``folder``) listed in the manifest's ``skipped``.
+    ``limit`` keeps that many images spread evenly over the sorted files (every class
+    keeps its share).
     """
+    folder = Path(folder)
     classes, files = image_folder_files(folder)
     if limit is not None and limit < len(files):
         files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
     if size is None:
-        size = _image_size(files[0][0].read_bytes(), str(files[0][0]))
+        size = _first_image_size([path for path, _ in files], skip_broken)
+
+    def name_of(i: int) -> str:  # the manifest lists skipped files relative to the folder
+        path = files[i][0]
+        return str(path.relative_to(folder)) if skip_broken else str(path)
+
     return write_encoded_shards(
         uri, ((path.read_bytes(), label) for path, label in files), size=size,
         num_classes=len(classes), rows_per_shard=rows_per_shard, class_names=classes,
-        name_of=lambda i: str(files[i][0]), total=len(files), progress=progress)
+        name_of=name_of, total=len(files), progress=progress, skip_broken=skip_broken)
+
+
+def _first_image_size(paths: Sequence[Path], skip_broken: bool) -> tuple[int, int, int]:
+    """(C, H, W) of the first image (of the first that opens, with ``skip_broken``)."""
+    for path in paths:
+        try:
+            return _image_size(path.read_bytes(), str(path))
+        except ShardError:
+            if not skip_broken:
+                raise
+    raise ShardError(f"none of the {len(paths)} images opens")
 
 
 def _image_size(data: bytes, name: str) -> tuple[int, int, int]:

@@ -133,6 +133,9 @@ class DatasetManifest(BaseModel):
     shards: tuple[ShardInfo, ...]
     class_names: tuple[str, ...] | None = Field(
         None, description="label i's class name (image folders: sorted folder names)")
+    skipped: tuple[str, ...] = Field(
+        (), description="items left out at conversion because they did not decode "
+                        "(`dynams dataset convert --skip-broken`)")
 
     @field_validator("sample_shape")
     @classmethod
