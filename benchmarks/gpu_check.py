@@ -9,6 +9,9 @@
 - ``joint_step_vs_plain``: a 1-rank NCCL DDP training step with ``JointPSP`` (α = 0.25)
   against a plain step of the same model (cifar-resnet18, batch 256), forward, backward
   and optimizer step.
+- ``tv_resnet50``: torchvision's ResNet-50 made slimmable (``make_slimmable``, α = 0.25,
+  3x224x224): the PSP's scoring rate on CUDA against the CPU, and a joint step (PSP on
+  half the batch) against a plain step on CUDA.
 
 Needs Fashion-MNIST IDX files (``DYNAMS_FASHION_MNIST_DIR``) to generate its images.
 Run: ``python benchmarks/gpu_check.py [--rows 20000] [--device cuda]``
@@ -137,6 +140,51 @@ def joint_step(device: torch.device, batch: int) -> dict:
         dist.destroy_process_group()
 
 
+def tv_resnet50(device: torch.device, batch: int) -> dict:
+    """torchvision's ResNet-50 through ``make_slimmable``: PSP scoring rate on ``device``
+    against the CPU, and the joint step's overhead on ``device``."""
+    from torchvision.models import resnet50
+
+    from dynams_service.core.slimming import make_slimmable
+
+    torch.manual_seed(0)
+    net = make_slimmable(resnet50(), (1.0, WIDTH))
+    proxy = net.make_proxy(WIDTH)
+    x = torch.randn(batch, 3, 224, 224)
+    rates = {}
+    for where in (torch.device("cpu"), device):
+        model, xs = proxy.to(where), x.to(where)
+        rows = batch if where.type == "cuda" else min(batch, 64)
+        seconds = timed(lambda m=model, v=xs[:rows], n=rows: score_batches(
+            m, [(v, None)], n), where, repeats=3)
+        rates[where.type] = rows / seconds
+    net = net.to(device).train()
+    joint = JointPSP(net, WIDTH)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    step = min(64, batch)
+    xd, yd = x[:step].to(device), torch.randint(0, 1000, (step,), device=device)
+
+    def plain() -> None:
+        loss = torch.nn.functional.cross_entropy(net(xd), yd)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def joint_step_() -> None:
+        logits, psp_logits = joint(xd)
+        loss = psp_loss(logits, psp_logits, yd)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    p, j = timed(plain, device, repeats=10), timed(joint_step_, device, repeats=10)
+    return {"tv_resnet50_psp_cpu_samples_per_s": rates["cpu"],
+            "tv_resnet50_psp_cuda_samples_per_s": rates.get(device.type, rates["cpu"]),
+            "tv_resnet50_psp_cuda_vs_cpu": rates.get(device.type, rates["cpu"]) / rates["cpu"],
+            "tv_resnet50_plain_step_ms": p * 1e3, "tv_resnet50_joint_step_ms": j * 1e3,
+            "tv_resnet50_joint_step_vs_plain": j / p}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,6 +210,7 @@ def main() -> None:
                                           / result["cuda_loop_samples_per_s"])
     result.update(decode_rates(uri, device))
     result.update(joint_step(device, args.step_batch))
+    result.update(tv_resnet50(device, args.step_batch))
     result["seconds"] = time.perf_counter() - started
     print(json.dumps(result))
 

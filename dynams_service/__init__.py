@@ -22,6 +22,7 @@ from .core import (
     SlimmableModel,
     SlimResNet18,
     build_architecture,
+    make_slimmable,
     margins,
     read_manifest,
     register_architecture,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "margins", "score", "select", "SelectionPolicy",
     "SlimmableModel", "SlimCNN", "SlimResNet18", "build_architecture", "register_architecture",
+    "make_slimmable",
     "register_decoder", "ShardDataset", "read_manifest", "write_image_folder", "write_shards",
     "JobSpec", "ProxySpec", "ScorerResources",
     "__version__",

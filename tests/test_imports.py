@@ -9,6 +9,7 @@ import sys
 TOP_LEVEL = {
     "margins", "score", "select", "SelectionPolicy",
     "SlimmableModel", "SlimCNN", "SlimResNet18", "build_architecture", "register_architecture",
+    "make_slimmable",
     "register_decoder", "ShardDataset", "read_manifest", "write_image_folder", "write_shards",
     "JobSpec", "ProxySpec", "ScorerResources",
     "__version__",

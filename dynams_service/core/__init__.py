@@ -21,10 +21,12 @@ from .policy import SelectionPolicy
 from .scoring import score
 from .selection import select
 from .shards import read_manifest, write_image_folder, write_shards
+from .slimming import make_slimmable
 
 __all__ = [
     "margins", "score", "select", "SelectionPolicy",
     "SlimmableModel", "SlimCNN", "SlimResNet18", "build_architecture", "register_architecture",
+    "make_slimmable",
     "register_decoder", "ShardDataset", "read_manifest", "write_image_folder", "write_shards",
     "JobSpec", "ProxySpec", "ScorerResources",
 ]

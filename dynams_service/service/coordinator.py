@@ -34,6 +34,7 @@ from ..core.shards import (
     read_manifest,
     verify_dataset,
 )
+from ..core.slimming import SlimmingError
 from . import admission
 from .dataset_identity import DatasetEncoding
 from .errors import (
@@ -384,6 +385,9 @@ class JobCoordinator:
             proxy = model.make_proxy(spec.proxy.width)
         except KeyError as exc:
             raise InvalidArgument(str(exc.args[0])) from None
+        except SlimmingError as exc:  # the operator registered a network that cannot slim
+            raise FailedPrecondition(f"architecture {spec.proxy.architecture!r} is registered "
+                                     f"on this selector but cannot be built: {exc}") from None
         except ValueError as exc:
             raise InvalidArgument(f"proxy width: {exc}") from None
         try:

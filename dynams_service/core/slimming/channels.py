@@ -350,7 +350,8 @@ class _Walk:
             return None
         if _same_forward(norm, nn.LayerNorm):
             return len(shape) - 1
-        x = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(0))
+        x = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(0)).to(
+            norm.weight.device if norm.weight is not None else "cpu")
         channels = norm.normalized_shape[0]
         with torch.no_grad():
             got = norm(x)

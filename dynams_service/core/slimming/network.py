@@ -131,7 +131,8 @@ def make_slimmable(model: nn.Module, widths: Sequence[float] = (1.0, 0.25), *,
     widths = check_widths(widths)
     name = type(model).__name__
     was_training = model.training
-    example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    device = next(model.parameters(), torch.empty(0)).device
+    example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
     try:
         gm = _trace(model, name)
         gm.eval()
