@@ -228,7 +228,7 @@ def _margin_scores(scorer: dms.SlimmableModel, spec: MethodSpec, x: torch.Tensor
     """Margins of every training sample under ``scorer`` at its full width.
     ``batch_size`` None keeps ``score``'s own default (what the service would run)."""
     kwargs = {} if batch_size is None else {"batch_size": batch_size}
-    return dms.score(scorer, x, y, width=1.0, mode=spec.margin_mode, **kwargs)
+    return dms.score(scorer, x, y, width=1.0, score=spec.margin_mode, **kwargs)
 
 
 # --- choosing each epoch's samples: one function per method ----------------------------

@@ -68,7 +68,7 @@ class SyntheticScorer:
                     return int(line.split()[1]) * 1024
         return 0
 
-    def score_part(self, snapshot: dict, mode: str, per_class: bool) -> int:
+    def score_part(self, snapshot: dict, score: str, per_class: bool) -> int:
         self.part = None
         indices = np.arange(self.start, self.stop, dtype=np.int64)
         margins = np.empty(indices.size, dtype=np.float32)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, Literal, get_args, get_origin
 
 import numpy as np
+from pydantic import BaseModel
 
 from .core.job import JobSpec, ProxySpec, ScorerResources
 from .core.policy import SelectionPolicy
@@ -56,13 +58,6 @@ WEIGHTS_NOT_PUSHED = "WEIGHTS_NOT_PUSHED"  # FAILED_PRECONDITION: push the round
 ROUND_FAILED = "ROUND_FAILED"  # INTERNAL: the round failed on the server (scorer error,
 # corrupt sample, bad config), as opposed to a selector that cannot be reached
 
-# Policy.score on the wire, and margin_mode beside it for peers that predate it (see the
-# comment on MarginMode in selector.proto): any score but these two is MARGIN_MODE_NAMED.
-_MARGIN = {"distance": pb.MARGIN_MODE_DISTANCE, "signed": pb.MARGIN_MODE_SIGNED}
-_BALANCE = {"per_class": pb.CLASS_BALANCE_PER_CLASS, "global": pb.CLASS_BALANCE_GLOBAL}
-_SCHEDULE = {"constant": pb.RATIO_SCHEDULE_CONSTANT, "power": pb.RATIO_SCHEDULE_POWER}
-_STALENESS = {"sync": pb.STALENESS_SYNC, "pipelined": pb.STALENESS_PIPELINED}
-
 # The one table each from the service's round and job state names to the wire's enums;
 # the servicer encodes with them, the CLI decodes with them.
 ROUND_STATES = {"waiting": pb.ROUND_STATE_WAITING_FOR_WEIGHTS, "scoring": pb.ROUND_STATE_SCORING,
@@ -89,91 +84,94 @@ class ProtocolError(ValueError):
     """A message is malformed (inconsistent chunks, unknown enum, …); the text says how."""
 
 
-def _enum_from_proto(table: dict[str, int], value: int, field: str) -> str | None:
-    if value == 0:
-        return None  # unspecified: take the policy default
-    for name, number in table.items():
-        if number == value:
-            return name
-    raise ProtocolError(f"{field}: unknown enum value {value}")
+# NOTE [ knobs on the wire ]
+# A policy or resource knob is defined once, as a field of SelectionPolicy or
+# ScorerResources; the proto message has a field of the same name (with explicit
+# presence: unset takes the default), and a Literal field's options map to the enum
+# values named FIELD_OPTION (class_balance "per_class" = CLASS_BALANCE_PER_CLASS). The
+# tables below are derived from both at import, so a knob missing on either side fails
+# loudly here instead of silently taking its default on the other end.
+
+
+def _enum_table(message_type: type, field: str, options: tuple[str, ...]) -> dict[str, int]:
+    enum = message_type.DESCRIPTOR.fields_by_name[field].enum_type
+    prefix = field.upper()
+    table = {}
+    for option in options:
+        value = enum.values_by_name.get(f"{prefix}_{option.upper()}")
+        if value is None:
+            raise AssertionError(f"{enum.name} has no value {prefix}_{option.upper()}")
+        table[option] = value.number
+    return table
+
+
+def _knobs(model_type: type[BaseModel], message_type: type) -> dict[str, dict[str, int] | None]:
+    """Field name → its enum table (None for a plain value), checked against the proto."""
+    wire = set(message_type.DESCRIPTOR.fields_by_name)
+    knobs: dict[str, dict[str, int] | None] = {}
+    for name, info in model_type.model_fields.items():
+        if name not in wire:
+            raise AssertionError(f"{message_type.DESCRIPTOR.name} has no field {name!r}")
+        options = get_args(info.annotation) if get_origin(info.annotation) is Literal else ()
+        knobs[name] = _enum_table(message_type, name, options) if options else None
+    extra = wire - set(knobs)
+    if extra:
+        raise AssertionError(f"{message_type.DESCRIPTOR.name} fields {sorted(extra)} are "
+                             f"not {model_type.__name__}'s")
+    return knobs
+
+
+POLICY_KNOBS = _knobs(SelectionPolicy, pb.Policy)
+RESOURCE_KNOBS = _knobs(ScorerResources, pb.ScorerResources)
+
+
+def _knobs_to_proto(model: BaseModel, message_type: type, knobs: dict) -> Any:
+    values = {name: (table[getattr(model, name)] if table else getattr(model, name))
+              for name, table in knobs.items()}
+    return message_type(**values)
+
+
+def _knobs_from_proto(message: Any, knobs: dict, where: str) -> dict[str, Any]:
+    """The fields the message sets (an enum's UNSPECIFIED counts as unset)."""
+    values: dict[str, Any] = {}
+    for name, table in knobs.items():
+        if table is None:
+            if message.HasField(name):
+                values[name] = getattr(message, name)
+            continue
+        number = getattr(message, name)
+        if number == 0:
+            continue
+        option = next((o for o, n in table.items() if n == number), None)
+        if option is None:
+            raise ProtocolError(f"{where}.{name}: unknown enum value {number}")
+        values[name] = option
+    return values
 
 
 def spec_to_proto(spec: JobSpec) -> pb.JobSpec:
     """JobSpec (pydantic) → protobuf."""
-    p = spec.policy
     return pb.JobSpec(
         job_id=spec.job_id, dataset_uri=spec.dataset_uri, epochs=spec.epochs,
         fingerprint=pb.Fingerprint(**spec.fingerprint.model_dump()),
         proxy=pb.ProxySpec(architecture=spec.proxy.architecture, width=spec.proxy.width),
-        policy=pb.Policy(
-            ratio=p.ratio, warmup_epochs=p.warmup_epochs, interval_epochs=p.interval_epochs,
-            anneal_epochs=p.anneal_epochs, score=p.score,
-            margin_mode=_margin_mode_of(p.score),
-            class_balance=_BALANCE[p.class_balance],
-            ratio_schedule=_SCHEDULE[p.ratio_schedule], power_exponent=p.power_exponent,
-            seed=p.seed, staleness=_STALENESS[p.staleness], explore=p.explore,
-            coverage_strata=p.coverage_strata, coverage_prune=p.coverage_prune,
-        ),
-        resources=pb.ScorerResources(**spec.resources.model_dump()),
+        policy=_knobs_to_proto(spec.policy, pb.Policy, POLICY_KNOBS),
+        resources=_knobs_to_proto(spec.resources, pb.ScorerResources, RESOURCE_KNOBS),
     )
 
 
 def spec_from_proto(message: pb.JobSpec) -> JobSpec:
     """protobuf → JobSpec; raises ProtocolError or pydantic's ValidationError."""
-    p = message.policy
-    policy: dict = {"ratio": p.ratio, "warmup_epochs": p.warmup_epochs,
-                    "interval_epochs": p.interval_epochs, "anneal_epochs": p.anneal_epochs,
-                    "seed": p.seed, "explore": p.explore,
-                    "coverage_strata": p.coverage_strata}
-    if p.HasField("coverage_prune"):
-        policy["coverage_prune"] = p.coverage_prune
-    if p.power_exponent:
-        policy["power_exponent"] = p.power_exponent
-    score = _score_from_proto(p)
-    if score is not None:
-        policy["score"] = score
-    for key, table, value in (("class_balance", _BALANCE, p.class_balance),
-                              ("ratio_schedule", _SCHEDULE, p.ratio_schedule),
-                              ("staleness", _STALENESS, p.staleness)):
-        name = _enum_from_proto(table, value, f"policy.{key}")
-        if name is not None:
-            policy[key] = name
-    r = message.resources
-    resources = {k: v for k, v in (("num_scorers", r.num_scorers), ("num_cpus", r.num_cpus),
-                                   ("num_gpus", r.num_gpus), ("batch_size", r.batch_size))
-                 if message.HasField("resources")}
-    if r.HasField("cache_bytes"):
-        resources["cache_bytes"] = r.cache_bytes
     return JobSpec(
         job_id=message.job_id, dataset_uri=message.dataset_uri, epochs=message.epochs,
         fingerprint=DatasetFingerprint(num_samples=message.fingerprint.num_samples,
                                        num_classes=message.fingerprint.num_classes,
                                        labels_sha256=message.fingerprint.labels_sha256),
         proxy=ProxySpec(architecture=message.proxy.architecture, width=message.proxy.width),
-        policy=SelectionPolicy(**policy),
-        resources=ScorerResources(**resources),
+        policy=SelectionPolicy(**_knobs_from_proto(message.policy, POLICY_KNOBS, "policy")),
+        resources=ScorerResources(**_knobs_from_proto(message.resources, RESOURCE_KNOBS,
+                                                      "resources")),
     )
-
-
-def _margin_mode_of(score: str) -> int:
-    """What ``margin_mode`` says of a score, for peers that predate ``Policy.score``."""
-    return _MARGIN.get(score, pb.MARGIN_MODE_NAMED)
-
-
-def _score_from_proto(p: pb.Policy) -> str | None:
-    """``policy.score``, or the score ``margin_mode`` names (older clients); None: default."""
-    if p.margin_mode not in (pb.MARGIN_MODE_UNSPECIFIED, *_MARGIN.values(),
-                             pb.MARGIN_MODE_NAMED):
-        raise ProtocolError(f"policy.margin_mode: unknown enum value {p.margin_mode}")
-    if p.score:
-        if p.margin_mode not in (pb.MARGIN_MODE_UNSPECIFIED, _margin_mode_of(p.score)):
-            raise ProtocolError(f"policy.margin_mode {pb.MarginMode.Name(p.margin_mode)} "
-                                f"contradicts policy.score {p.score[:128]!r}; set only score")
-        return p.score
-    if p.margin_mode == pb.MARGIN_MODE_NAMED:
-        raise ProtocolError("policy.margin_mode is MARGIN_MODE_NAMED but policy.score is "
-                            "empty; name the score")
-    return _enum_from_proto(_MARGIN, p.margin_mode, "policy.margin_mode")
 
 
 def records_to_chunks(job_id: str, version: int, epoch: int, records: Iterable[TensorRecord],

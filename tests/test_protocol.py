@@ -1,14 +1,24 @@
-"""The policy's score on the wire: by name, and margin_mode beside it for peers of either
-age (see the comment on MarginMode in selector.proto)."""
+"""The job spec on the wire: every policy and resource knob by name, unset fields taking
+the defaults (NOTE [ knobs on the wire ] in protocol.py)."""
 
 from __future__ import annotations
 
-import pytest
+from typing import Literal
 
-from dynams_service.core.job import JobSpec, ProxySpec
+import pytest
+from pydantic import BaseModel
+
+from dynams_service.core.job import JobSpec, ProxySpec, ScorerResources
 from dynams_service.core.policy import SelectionPolicy
 from dynams_service.core.shards import DatasetFingerprint
-from dynams_service.protocol import ProtocolError, pb, spec_from_proto, spec_to_proto
+from dynams_service.protocol import (
+    POLICY_KNOBS,
+    ProtocolError,
+    _knobs,
+    pb,
+    spec_from_proto,
+    spec_to_proto,
+)
 
 
 def spec(**policy) -> JobSpec:
@@ -19,50 +29,67 @@ def spec(**policy) -> JobSpec:
                    policy=SelectionPolicy(**policy))
 
 
-@pytest.mark.parametrize(("score", "margin_mode"), [
-    ("distance", pb.MARGIN_MODE_DISTANCE),
-    ("signed", pb.MARGIN_MODE_SIGNED),
-    ("loss", pb.MARGIN_MODE_NAMED),
-    ("operator.custom-score", pb.MARGIN_MODE_NAMED),
-])
-def test_score_round_trips_with_margin_mode_beside_it(score, margin_mode):
+@pytest.mark.parametrize("score", ["distance", "signed", "loss", "operator.custom-score"])
+def test_score_round_trips_by_name(score):
     message = spec_to_proto(spec(score=score))
     assert message.policy.score == score
-    assert message.policy.margin_mode == margin_mode  # older servers read this (or refuse)
     assert spec_from_proto(message) == spec(score=score)
 
 
-@pytest.mark.parametrize(("margin_mode", "score"), [
-    (pb.MARGIN_MODE_UNSPECIFIED, "distance"),
-    (pb.MARGIN_MODE_DISTANCE, "distance"),
-    (pb.MARGIN_MODE_SIGNED, "signed"),
-])
-def test_older_clients_name_the_score_by_margin_mode(margin_mode, score):
-    message = spec_to_proto(spec())
-    message.policy.ClearField("score")
-    message.policy.margin_mode = margin_mode
-    assert spec_from_proto(message).policy.score == score
+def test_every_knob_round_trips_and_unset_knobs_take_the_defaults():
+    changed = spec(ratio=0.2, warmup_epochs=0, interval_epochs=3, anneal_epochs=2,
+                   score="el2n", class_balance="per_class", ratio_schedule="power",
+                   power_exponent=2.0, seed=11, staleness="sync", explore=0.1).model_copy(
+        update={"resources": ScorerResources(num_scorers=3, num_cpus=0.5, num_gpus=0.25,
+                                             batch_size=64, cache_bytes=0)})
+    wire = pb.JobSpec.FromString(spec_to_proto(changed).SerializeToString())
+    assert spec_from_proto(wire) == changed
+    assert all(getattr(changed.policy, k) != getattr(SelectionPolicy(), k)
+               for k in POLICY_KNOBS if k not in ("coverage_strata", "coverage_prune"))
+    wire.ClearField("policy")
+    wire.ClearField("resources")
+    bare = spec_from_proto(wire)
+    assert bare.policy == SelectionPolicy() and bare.resources == ScorerResources()
 
 
-@pytest.mark.parametrize(("margin_mode", "score", "error"), [
-    (pb.MARGIN_MODE_SIGNED, "distance", "MARGIN_MODE_SIGNED contradicts policy.score"),
-    (pb.MARGIN_MODE_DISTANCE, "loss", "MARGIN_MODE_DISTANCE contradicts policy.score 'loss'"),
-    (pb.MARGIN_MODE_NAMED, "signed", "MARGIN_MODE_NAMED contradicts policy.score 'signed'"),
-    (pb.MARGIN_MODE_NAMED, "", "policy.score is empty"),
-    (42, "", "policy.margin_mode: unknown enum value 42"),
-    (42, "loss", "policy.margin_mode: unknown enum value 42"),
-])
-def test_inconsistent_score_fields_are_refused(margin_mode, score, error):
+def test_unknown_enum_value_is_refused():
     message = spec_to_proto(spec())
-    message.policy.margin_mode = margin_mode
-    message.policy.score = score
-    with pytest.raises(ProtocolError, match=error):
+    message.policy.class_balance = 42
+    with pytest.raises(ProtocolError, match="policy.class_balance: unknown enum value 42"):
         spec_from_proto(message)
+
+
+def test_a_knob_missing_on_either_side_fails_at_import():
+    class Extra(SelectionPolicy):
+        frobnicate: float = 0.0
+
+    with pytest.raises(AssertionError, match="Policy has no field 'frobnicate'"):
+        _knobs(Extra, pb.Policy)
+
+    class Fewer(BaseModel):
+        ratio: float = 0.3
+
+    with pytest.raises(AssertionError, match="are not Fewer's"):
+        _knobs(Fewer, pb.Policy)
+
+    class NewOption(BaseModel):
+        num_scorers: int = 1
+        num_cpus: float = 1
+        num_gpus: float = 0
+        batch_size: int = 1
+        cache_bytes: int = 0
+
+    _knobs(NewOption, pb.ScorerResources)  # the real resources' shape: fine
+
+    class Staleness(BaseModel):
+        staleness: Literal["sync", "eventual"] = "sync"
+
+    with pytest.raises(AssertionError, match="no value STALENESS_EVENTUAL"):
+        _knobs(Staleness, pb.Policy)
 
 
 def test_malformed_score_name_is_refused():
     message = spec_to_proto(spec())
-    message.policy.margin_mode = pb.MARGIN_MODE_UNSPECIFIED
     message.policy.score = "no such/score"
     with pytest.raises(ValueError, match="score"):
         spec_from_proto(message)

@@ -3,9 +3,8 @@
 ``dynams-dataset.json`` describes a shard dataset: fingerprint (N, classes, hash of the
 labels), the *decoder* of the ``sample`` column and its parameters, the decoded sample
 shape, the normalisation, and the shards (contiguous row ranges). Format
-``dynams-shards/2``; ``dynams-shards/1`` manifests (raw tensors only) read as the ``raw``
-decoder. A manifest is untrusted input (a client names the dataset): it is read only from
-a regular file of bounded size, and errors never echo its contents.
+``dynams-shards/2``. A manifest is untrusted input (a client names the dataset): it is
+read only from a regular file of bounded size, and errors never echo its contents.
 """
 
 from __future__ import annotations
@@ -52,12 +51,10 @@ __all__ = [
     "read_manifest",
     "MANIFEST_NAME",
     "FORMAT",
-    "FORMAT_V1",
 ]
 
 MANIFEST_NAME = "dynams-dataset.json"
 FORMAT = "dynams-shards/2"
-FORMAT_V1 = "dynams-shards/1"
 MAX_MANIFEST_BYTES = 8 << 20
 MAX_SAMPLE_ELEMENTS = 1 << 28  # a decoded sample: 256 M elements at most
 SHARD_PATH_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]*$"
@@ -118,8 +115,7 @@ class DatasetManifest(BaseModel):
     """The dataset's layout: fingerprint, decoder, normalisation and shards.
 
     ``decoder`` is ``{"name": NAME, **params}`` (see ``dynams_service.core.decoders``);
-    ``sample_shape`` is the shape a decoded sample has. A ``dynams-shards/1`` manifest
-    (``sample_dtype``, no decoder) reads as the ``raw`` decoder of that dtype and shape.
+    ``sample_shape`` is the shape a decoded sample has.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -155,17 +151,6 @@ class DatasetManifest(BaseModel):
                 not (math.isfinite(v) and v > 0) for v in self.std):
             raise ValueError("mean must be finite and std finite and > 0")
         return self
-
-    @model_validator(mode="before")
-    @classmethod
-    def _upgrade_v1(cls, data: Any) -> Any:
-        """A /1 manifest's ``sample_dtype`` becomes the equivalent ``raw`` decoder."""
-        if isinstance(data, dict) and data.get("format") == FORMAT_V1 and "decoder" not in data:
-            data = dict(data)
-            dtype = data.pop("sample_dtype", None)
-            data["decoder"] = {"name": "raw", "dtype": dtype,
-                               "shape": list(data.get("sample_shape") or [])}
-        return data
 
     @property
     def num_samples(self) -> int:
@@ -261,7 +246,7 @@ def regular_file_size(fs: pafs.FileSystem, path: str, what: str) -> int:
 
 
 def read_manifest(uri: str) -> DatasetManifest:
-    """Read and validate a dataset's manifest (``dynams-shards/1`` or ``/2``).
+    """Read and validate a dataset's manifest (``dynams-shards/2``).
 
     Only a regular file of at most 8 MiB is read; errors name the problem, never the
     file's contents.
@@ -285,9 +270,8 @@ def read_manifest(uri: str) -> DatasetManifest:
         manifest = DatasetManifest.model_validate_json(raw)
     except ValidationError as exc:
         raise ShardError(f"{path}: invalid manifest: {_describe(exc)}") from None
-    if manifest.format not in (FORMAT, FORMAT_V1):
-        raise ShardError(f"{path}: format {manifest.format!r}, this version reads "
-                         f"{FORMAT!r} and {FORMAT_V1!r}")
+    if manifest.format != FORMAT:
+        raise ShardError(f"{path}: format {manifest.format!r}, this version reads {FORMAT!r}")
     expected_start = 0
     for shard in manifest.shards:
         if shard.start != expected_start or shard.stop <= shard.start:

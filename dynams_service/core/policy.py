@@ -7,7 +7,7 @@ its LR schedule and progress bars up front (unlike loaders whose length lags the
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -79,8 +79,6 @@ class SelectionPolicy(BaseModel):
     ``score`` names a registered score (``core.scores``; lower = keep first). It is only
     checked for its form here: a client may name a score that only the selector's
     operator registered, and the selector refuses unknown names at CreateJob.
-    ``margin_mode`` is still accepted as input for callers that predate ``score``: it
-    sets ``score`` to ``"distance"`` or ``"signed"``.
 
     Defaults follow the quality benchmark (benchmarks/quality.py, docs/benchmarks.md):
     distance margins, global selection, one warm-up epoch, a new selection every epoch, a
@@ -136,22 +134,6 @@ class SelectionPolicy(BaseModel):
         description="'pipelined' (default): the trainer pushes early so scoring overlaps the "
         "epoch's end; it selects as well as 'sync' (quality benchmark) and nobody waits",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _margin_mode_is_a_score(cls, data: Any) -> Any:
-        """``margin_mode`` (before scores were plug-ins) → ``score``; both must agree."""
-        if not isinstance(data, dict) or "margin_mode" not in data:
-            return data
-        data = dict(data)
-        mode = data.pop("margin_mode")
-        if mode not in ("distance", "signed"):
-            raise ValueError(f"margin_mode must be 'distance' or 'signed' (or name any "
-                             f"registered score in 'score'), got {mode!r}")
-        if data.setdefault("score", mode) != mode:
-            raise ValueError(f"margin_mode {mode!r} contradicts score {data['score']!r}; "
-                             "set only score")
-        return data
 
     @model_validator(mode="after")
     def _power_needs_room(self) -> SelectionPolicy:

@@ -18,10 +18,10 @@ __all__ = ["score", "score_batches"]
 
 def score_batches(model: SlimmableModel,
                   batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], num_rows: int,
-                  *, width: float = 1.0, mode: str = DEFAULT_SCORE) -> torch.Tensor:
+                  *, width: float = 1.0, score: str = DEFAULT_SCORE) -> torch.Tensor:
     """Scores ``(num_rows,)`` float32 (on the CPU) over ``(inputs, labels)`` batches.
 
-    ``mode`` names a registered score (``core.scores``; ``UnknownName`` otherwise), by
+    ``score`` names a registered score (``core.scores``; ``UnknownName`` otherwise), by
     default the ``distance`` margin. The batches are consumed in eval mode under
     ``torch.inference_mode()`` (so a generator that moves and normalises inputs runs there
     too); the model's training flag is restored afterwards. Labels are needed by the
@@ -29,7 +29,7 @@ def score_batches(model: SlimmableModel,
     allocated once up front: small per-batch results kept alive between large transient
     activations would fragment the heap of a long streaming pass.
     """
-    fn = get_score(mode)
+    fn = get_score(score)
     proxy = ScoringProxy.of(model, width)
     device = proxy.device
     was_training = model.training
@@ -46,7 +46,7 @@ def score_batches(model: SlimmableModel,
                 y = None if y is None else y.to(device)
                 scored = torch.as_tensor(fn(proxy, x.to(device, non_blocking=True), y))
                 if tuple(scored.shape) != (len(x),):
-                    raise ValueError(f"score {mode!r} returned shape {tuple(scored.shape)} "
+                    raise ValueError(f"score {score!r} returned shape {tuple(scored.shape)} "
                                      f"for {len(x)} inputs, expected ({len(x)},)")
                 out[done:done + len(x)] = scored
                 done += len(x)
@@ -58,11 +58,11 @@ def score_batches(model: SlimmableModel,
 
 
 def score(model: SlimmableModel, inputs: torch.Tensor, labels: torch.Tensor | None = None, *,
-          width: float = 1.0, mode: str = DEFAULT_SCORE,
+          width: float = 1.0, score: str = DEFAULT_SCORE,
           batch_size: int = 256) -> torch.Tensor:
     """Scores ``(N,)`` float32 of ``model`` at ``width`` over ``inputs``, in batches.
 
-    ``mode`` names a registered score (default ``distance``: the margin; ``signed``,
+    ``score`` names a registered score (default ``distance``: the margin; ``signed``,
     ``loss``, ``el2n`` or an operator's). Runs in eval mode under
     ``torch.inference_mode()`` on the model's device and restores the model's training
     flag afterwards. ``labels`` are needed by ``signed``, ``loss`` and ``el2n``.
@@ -74,4 +74,4 @@ def score(model: SlimmableModel, inputs: torch.Tensor, labels: torch.Tensor | No
         raise ValueError(f"{len(labels)} labels for {len(inputs)} inputs")
     batches = ((inputs[s:s + batch_size], None if labels is None else labels[s:s + batch_size])
                for s in range(0, len(inputs), batch_size))
-    return score_batches(model, batches, len(inputs), width=width, mode=mode)
+    return score_batches(model, batches, len(inputs), width=width, score=score)

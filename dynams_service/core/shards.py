@@ -34,7 +34,6 @@ from .convert import (
 from .decoders import Decoder, Normalizer, RawDecoder
 from .manifest import (
     FORMAT,
-    FORMAT_V1,
     MANIFEST_NAME,
     CorruptSample,
     DatasetFingerprint,
@@ -81,7 +80,6 @@ __all__ = [
     "decode_samples",
     "MANIFEST_NAME",
     "FORMAT",
-    "FORMAT_V1",
     "IMAGE_EXTENSIONS",
 ]
 

@@ -148,19 +148,20 @@ class ScorerActor(PartHolder):
         """The actor's process id (for operators and fault-injection tests)."""
         return os.getpid()
 
-    def score(self, snapshot: dict[str, np.ndarray], mode: str) -> tuple[np.ndarray, np.ndarray]:
-        """(indices, scores) of this scorer's rows under the snapshot's weights; ``mode``
+    def score(self, snapshot: dict[str, np.ndarray],
+              score: str) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, scores) of this scorer's rows under the snapshot's weights; ``score``
         names a registered score (built-in or from the operator's plug-in modules)."""
         state = {name: torch.from_numpy(np.array(a)) for name, a in snapshot.items()}
         self.proxy.load_state_dict(state, strict=True)
         batches = ((self.normalize(b.samples.to(self.device, non_blocking=True)),
                     torch.from_numpy(b.labels)) for b in self.stream)
-        margins = score_batches(self.proxy, batches, self.stream.num_rows, mode=mode)
+        margins = score_batches(self.proxy, batches, self.stream.num_rows, score=score)
         return self.stream.indices, margins.numpy()
 
-    def score_part(self, snapshot: dict[str, np.ndarray], mode: str, per_class: bool) -> int:
+    def score_part(self, snapshot: dict[str, np.ndarray], score: str, per_class: bool) -> int:
         """Score (as :meth:`score`) and keep the margins for the round's selection."""
-        indices, margins = self.score(snapshot, mode)
+        indices, margins = self.score(snapshot, score)
         return self.keep_part(indices, margins, self.stream.labels, per_class)
 
 
@@ -191,7 +192,7 @@ class JobScorers:
         self.num_samples = manifest.num_samples
         self.max_recreations = max_recreations
         self.actor_class = actor_class  # ScorerActor; benchmarks plug in synthetic ones
-        self._round: tuple | None = None  # (snapshot ref, mode) of the parts held now
+        self._round: tuple | None = None  # (snapshot ref, score) of the parts held now
         # shutdown() may run while a round re-creates an actor: the flag, set under the
         # lock before any actor is killed, keeps the round from starting an orphan.
         self._lock = threading.Lock()
@@ -247,7 +248,7 @@ class JobScorers:
             int(max(1, res.num_cpus)), res.cache_bytes, tuple(plugin_modules())),
             self.names[i])
 
-    def score(self, snapshot: dict[str, np.ndarray], mode: str,
+    def score(self, snapshot: dict[str, np.ndarray], score: str,
               timeout: float = 3600) -> ScoredShards:
         """Score every row with the snapshot's weights (name → numpy array); each actor
         keeps its margins for :meth:`select`. Raises ``Internal`` on a timeout or a failed
@@ -259,7 +260,7 @@ class JobScorers:
         per_class = self.spec.policy.per_class
         self._round = None
         snapshot_ref = ray.put(snapshot)  # stored once, read by every scorer
-        pending = {a.score_part.remote(snapshot_ref, mode, per_class): i
+        pending = {a.score_part.remote(snapshot_ref, score, per_class): i
                    for i, a in enumerate(self.actors)}
         recreated = [0] * len(self.actors)
         results = {}
@@ -281,7 +282,7 @@ class JobScorers:
                 log.warning("scorer %s is gone (%s); re-creating it and rescoring its "
                             "shards", self.names[i], type(exc).__name__)
                 actor = self._restart_actor(i, timeout)
-                pending[actor.score_part.remote(snapshot_ref, mode, per_class)] = i
+                pending[actor.score_part.remote(snapshot_ref, score, per_class)] = i
             except RayTaskError as exc:
                 if isinstance(exc.cause, ShardError):  # a corrupt sample: name shard and row
                     raise Internal(f"scorer {self.names[i]}: {exc.cause}") from None
@@ -293,7 +294,7 @@ class JobScorers:
         if rows != self.num_samples:
             raise Internal(f"job {self.job_id!r}: scorers hold {rows} margins, the dataset "
                            f"has {self.num_samples} rows")
-        self._round = (snapshot_ref, mode)
+        self._round = (snapshot_ref, score)
         return ScoredShards(rows, time.perf_counter() - started)
 
     def select(self, k: int, round_: int = 0, timeout: float = 3600) -> DistributedSelection:
@@ -342,7 +343,7 @@ class JobScorers:
     def _rescore(self, lost: _PartLost, deadline: float) -> None:
         """Score a lost part again (re-creating its actor if it is gone for good)."""
         i = lost.i
-        snapshot_ref, mode = self._round
+        snapshot_ref, score = self._round
         log.warning("scorer %s lost its scores before the selection (%s); rescoring its "
                     "shards", self.names[i], "gone" if lost.dead else "restarted")
         remaining = max(0.0, deadline - time.monotonic())
@@ -353,7 +354,7 @@ class JobScorers:
                 actor = self.actors[i]
             if lost.dead:
                 actor = self._restart_actor(i, remaining)
-            ray.get(actor.score_part.remote(snapshot_ref, mode, self.spec.policy.per_class),
+            ray.get(actor.score_part.remote(snapshot_ref, score, self.spec.policy.per_class),
                     timeout=max(0.0, deadline - time.monotonic()))
         except GetTimeoutError:
             raise Internal(f"rescoring scorer {self.names[i]} timed out") from None

@@ -53,15 +53,15 @@ class LoadedJob:
     spec: JobSpec | None
     rounds: dict[int, RoundResult]
     error: str = ""  # set when the job's files are unreadable (the job is quarantined)
-    encoding: DatasetEncoding | None = None  # None: saved by a release that kept none
+    encoding: DatasetEncoding | None = None  # None only for a job that failed to load
 
 
 class StateStore:
     """Reads and writes ``<state_dir>/jobs/<job_id>/{spec.json, dataset.json,
     round-NNNNN.arrow}``.
 
-    ``dataset.json`` (the dataset's encoding when the job was created) is optional on
-    reading: jobs saved before it existed load without it.
+    ``dataset.json`` is the dataset's encoding when the job was created (part of the
+    job's identity).
     """
 
     def __init__(self, state_dir: str | Path) -> None:
@@ -71,13 +71,12 @@ class StateStore:
     def _job_dir(self, job_id: str) -> Path:
         return self.root / "jobs" / job_id
 
-    def save_spec(self, spec: JobSpec, encoding: DatasetEncoding | None = None) -> None:
-        """Save a job's spec and, if given, its dataset's encoding (written first: a job
-        is only loaded once its spec exists)."""
+    def save_spec(self, spec: JobSpec, encoding: DatasetEncoding) -> None:
+        """Save a job's spec and its dataset's encoding (written first: a job is only
+        loaded once its spec exists)."""
         job_dir = self._job_dir(spec.job_id)
         job_dir.mkdir(parents=True, exist_ok=True)
-        if encoding is not None:
-            _atomic_write(job_dir / _ENCODING, encoding.model_dump_json(indent=2).encode())
+        _atomic_write(job_dir / _ENCODING, encoding.model_dump_json(indent=2).encode())
         _atomic_write(job_dir / "spec.json", spec.model_dump_json(indent=2).encode())
 
     def save_round(self, job_id: str, result: RoundResult) -> None:
@@ -145,13 +144,11 @@ class StateStore:
         if spec.job_id != job_dir.name:
             return LoadedJob(job_dir.name, None, {}, f"spec.json names job {spec.job_id!r}, "
                                                      f"its directory {job_dir.name!r}")
-        encoding = None
-        if (job_dir / _ENCODING).exists():
-            try:
-                encoding = DatasetEncoding.model_validate_json((job_dir / _ENCODING).read_bytes())
-            except (OSError, ValueError) as exc:
-                return LoadedJob(job_dir.name, spec, {},
-                                 f"unreadable {_ENCODING}: {_first_line(exc)}")
+        try:
+            encoding = DatasetEncoding.model_validate_json((job_dir / _ENCODING).read_bytes())
+        except (OSError, ValueError) as exc:
+            return LoadedJob(job_dir.name, spec, {},
+                             f"unreadable {_ENCODING}: {_first_line(exc)}")
         rounds = {}
         for path in sorted(job_dir.glob("round-*.arrow")):
             try:

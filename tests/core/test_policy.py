@@ -70,8 +70,7 @@ def test_power_schedule_caps_ratios_at_one():
         ({"ratio": 1.5}, "ratio"),
         ({"interval_epochs": 0}, "interval_epochs"),
         ({"warmup_epochs": -1}, "warmup_epochs"),
-        ({"margin_mode": "cosine"}, "margin_mode"),
-        ({"margin_mode": "signed", "score": "loss"}, "contradicts score 'loss'"),
+        ({"margin_mode": "signed"}, "margin_mode"),
         ({"score": ""}, "score"),
         ({"score": "two words"}, "score"),
         ({"class_balance": "weighted"}, "class_balance"),
@@ -95,16 +94,6 @@ def test_plan_arguments_are_validated():
 def test_policy_round_trips_through_json():
     policy = SelectionPolicy(ratio=0.2, interval_epochs=3, score="el2n", seed=7)
     assert SelectionPolicy.model_validate_json(policy.model_dump_json()) == policy
-
-
-def test_margin_mode_of_older_callers_sets_the_score():
-    """Callers and persisted specs from before scores were plug-ins name margin_mode."""
-    assert SelectionPolicy(margin_mode="signed") == SelectionPolicy(score="signed")
-    assert SelectionPolicy(margin_mode="signed", score="signed").score == "signed"
-    old = '{"ratio": 0.2, "margin_mode": "signed", "class_balance": "global"}'
-    assert SelectionPolicy.model_validate_json(old) == SelectionPolicy(ratio=0.2,
-                                                                       score="signed")
-    assert "margin_mode" not in SelectionPolicy(margin_mode="distance").model_dump()
 
 
 def test_any_well_formed_score_name_is_accepted_here():

@@ -51,21 +51,21 @@ def test_builtins_are_registered():
     assert scores_module.DEFAULT_SCORE == "distance"
 
 
-@pytest.mark.parametrize("mode", ["distance", "signed"])
-def test_margin_scores_equal_core_margins(data, mode):
+@pytest.mark.parametrize("name", ["distance", "signed"])
+def test_margin_scores_equal_core_margins(data, name):
     x, y, proxy, z, _ = data
     head = proxy.head.slice_state(1.0)
     with torch.inference_mode():
-        expected = margins(z, head["weight"], head["bias"], y, mode)
-    got = score(proxy, x, y, mode=mode, batch_size=1000)
+        expected = margins(z, head["weight"], head["bias"], y, name)
+    got = score(proxy, x, y, score=name, batch_size=1000)
     assert torch.equal(got, expected)
-    torch.testing.assert_close(score(proxy, x, y, mode=mode, batch_size=128), expected,
+    torch.testing.assert_close(score(proxy, x, y, score=name, batch_size=128), expected,
                                atol=1e-5, rtol=1e-5)
 
 
 def test_distance_keeps_samples_nearest_a_boundary(data):
     x, y, proxy, _, logits = data
-    s = score(proxy, x, mode="distance")
+    s = score(proxy, x, score="distance")
     assert (s >= 0).all()
     top2 = logits.topk(2, dim=1).values
     gap = top2[:, 0] - top2[:, 1]
@@ -75,7 +75,7 @@ def test_distance_keeps_samples_nearest_a_boundary(data):
 
 def test_signed_is_negative_exactly_when_misclassified(data):
     x, y, proxy, _, logits = data
-    s = score(proxy, x, y, mode="signed")
+    s = score(proxy, x, y, score="signed")
     wrong = logits.argmax(1) != y
     assert 0 < int(wrong.sum()) < len(y)
     assert torch.equal(s < 0, wrong)
@@ -83,7 +83,7 @@ def test_signed_is_negative_exactly_when_misclassified(data):
 
 def test_loss_is_negated_cross_entropy(data):
     x, y, proxy, _, logits = data
-    s = score(proxy, x, y, mode="loss")
+    s = score(proxy, x, y, score="loss")
     ce = F.cross_entropy(logits, y, reduction="none")
     torch.testing.assert_close(s, -ce, atol=1e-5, rtol=1e-5)
     assert (s <= 0).all()
@@ -95,7 +95,7 @@ def test_loss_is_negated_cross_entropy(data):
 
 def test_el2n_is_negated_error_norm(data):
     x, y, proxy, _, logits = data
-    s = score(proxy, x, y, mode="el2n")
+    s = score(proxy, x, y, score="el2n")
     p = torch.softmax(logits.double(), 1)
     p_true = p.gather(1, y[:, None]).squeeze(1)
     reference = ((1 - p_true) ** 2 + (p ** 2).sum(1) - p_true ** 2).sqrt()
@@ -106,17 +106,17 @@ def test_el2n_is_negated_error_norm(data):
     assert wrong[kept].float().mean() > 2 * wrong.float().mean()  # errors come first
 
 
-@pytest.mark.parametrize("mode", ["signed", "loss", "el2n"])
-def test_label_scores_need_labels(data, mode):
+@pytest.mark.parametrize("name", ["signed", "loss", "el2n"])
+def test_label_scores_need_labels(data, name):
     x, _, proxy, _, _ = data
-    with pytest.raises(ValueError, match=f"score '{mode}' needs labels"):
-        score(proxy, x[:10], mode=mode)
+    with pytest.raises(ValueError, match=f"score '{name}' needs labels"):
+        score(proxy, x[:10], score=name)
 
 
 def test_label_scores_check_label_range(data):
     x, _, proxy, _, _ = data
     with pytest.raises(ValueError, match=r"labels must be in \[0, 9\]"):
-        score(proxy, x[:2], torch.tensor([0, 10]), mode="loss")
+        score(proxy, x[:2], torch.tensor([0, 10]), score="loss")
 
 
 def test_scoring_proxy_at_a_width_of_the_full_model(data, trained_model):
@@ -126,8 +126,8 @@ def test_scoring_proxy_at_a_width_of_the_full_model(data, trained_model):
     assert view.num_classes == 10 and view.weight.shape == (10, proxy.head.in_features)
     with torch.inference_mode():
         torch.testing.assert_close(view.logits(x[:100]), logits[:100], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(score(trained_model, x, y, width=0.25, mode="el2n"),
-                               score(proxy, x, y, mode="el2n"), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(score(trained_model, x, y, width=0.25, score="el2n"),
+                               score(proxy, x, y, score="el2n"), atol=1e-4, rtol=1e-4)
 
 
 def test_a_registered_score_is_used_by_name(data, registered):
@@ -140,7 +140,7 @@ def test_a_registered_score_is_used_by_name(data, registered):
 
     registered("test-true-logit", true_logit)
     assert get_score("test-true-logit") is true_logit
-    got = score(proxy, x, y, mode="test-true-logit", batch_size=400)
+    got = score(proxy, x, y, score="test-true-logit", batch_size=400)
     torch.testing.assert_close(got, logits.gather(1, y[:, None]).squeeze(1),
                                atol=1e-5, rtol=1e-5)
     assert seen == [(400, True, False), (400, True, False), (200, True, False)]
@@ -149,7 +149,7 @@ def test_a_registered_score_is_used_by_name(data, registered):
 def test_unknown_score_lists_the_known_ones(data):
     x, _, proxy, _, _ = data
     with pytest.raises(UnknownName, match=r"unknown score 'cosine'; registered: \[.*'el2n'"):
-        score(proxy, x[:4], mode="cosine")
+        score(proxy, x[:4], score="cosine")
     with pytest.raises(KeyError):
         get_score("cosine")
 
@@ -171,4 +171,4 @@ def test_score_of_the_wrong_shape_is_refused(data, registered):
     registered("test-per-logit", lambda p, inputs, labels: p.logits(inputs))
     with pytest.raises(ValueError, match=r"score 'test-per-logit' returned shape \(8, 10\) "
                                          r"for 8 inputs, expected \(8,\)"):
-        score_batches(proxy, [(x[:8], None)], 8, mode="test-per-logit")
+        score_batches(proxy, [(x[:8], None)], 8, score="test-per-logit")

@@ -1,5 +1,5 @@
 """ShardStream (what scorers score), ShardDataset (what trainers train on), encoded shards,
-image folders, /1 and /2 manifests, and corrupt samples named by shard and row."""
+image folders, the manifest format, and corrupt samples named by shard and row."""
 
 from __future__ import annotations
 
@@ -30,8 +30,6 @@ from dynams_service.core.shards import (
     write_shards_from_dataset,
 )
 from dynams_service.core.stream import ShardStream, verify_samples
-
-V1_DATASET = Path(__file__).resolve().parents[1] / "data" / "fmnist-v1"
 
 
 def stream_margins(stream: ShardStream, proxy) -> torch.Tensor:
@@ -86,18 +84,15 @@ def test_raw_shards_stream_as_before(small_shards):
         assert torch.equal(stream_margins(stream, proxy), expected)
 
 
-def test_v1_manifest_reads_unchanged():
-    manifest = read_manifest(str(V1_DATASET))
-    assert manifest.format == "dynams-shards/1"
-    assert manifest.decoder == {"name": "raw", "dtype": "uint8", "shape": [1, 28, 28]}
-    verify_dataset(str(V1_DATASET))
-    assert verify_samples(str(V1_DATASET)) == 40
-    rows = read_shards(str(V1_DATASET))
-    x = decode_samples(rows.samples, manifest)
-    dataset = ShardDataset(str(V1_DATASET))
-    assert torch.equal(torch.stack([dataset[i][0] for i in range(40)]), x)
-    stream = ShardStream(str(V1_DATASET), batch_size=16)
-    assert torch.equal(torch.cat([b.samples for b in stream]), torch.from_numpy(rows.samples))
+def test_a_manifest_of_another_format_is_refused(tmp_path, small_shards):
+    uri = tmp_path / "old"
+    shutil.copytree(small_shards[0], uri)
+    manifest = json.loads((uri / "dynams-dataset.json").read_text())
+    manifest["format"] = "dynams-shards/1"
+    (uri / "dynams-dataset.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match="format 'dynams-shards/1', this version reads "
+                                         "'dynams-shards/2'"):
+        read_manifest(str(uri))
 
 
 def test_v2_manifest_names_its_decoder(jpeg_shards, small_shards):

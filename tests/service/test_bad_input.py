@@ -102,7 +102,7 @@ def test_bad_specs(live, small_shards):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "ratio" in message
 
     proto = spec_to_proto(make_spec(small_shards, job_id="enum"))
-    proto.policy.margin_mode = 42
+    proto.policy.staleness = 42
     code, message = _code(lambda: stub.CreateJob(pb.CreateJobRequest(spec=proto), timeout=30))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "unknown enum value 42" in message
 

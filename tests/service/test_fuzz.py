@@ -476,7 +476,7 @@ def create_requests(draw: st.DrawFn, base: pb.JobSpec, real_uri: str) -> pb.Crea
             field = draw(st.sampled_from(["warmup_epochs", "interval_epochs", "anneal_epochs"]))
             setattr(policy, field, draw(INT32))
         elif mutation == "enum":
-            field = draw(st.sampled_from(["margin_mode", "class_balance", "ratio_schedule",
+            field = draw(st.sampled_from(["class_balance", "ratio_schedule",
                                           "staleness"]))
             setattr(policy, field, draw(INT32))
         elif mutation == "seed":

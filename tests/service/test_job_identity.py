@@ -71,18 +71,6 @@ def test_a_dataset_rewritten_with_another_shape_is_another_job(server_factory, t
     assert "samples of shape [1, 14, 14]" in info.value.details
 
 
-def test_a_job_saved_without_its_encoding_restores_with_the_datasets(tmp_path, images_labels):
-    images, labels = images_labels
-    uri = tmp_path / "data"
-    manifest = write(uri, images, labels)
-    spec = make_spec((str(uri), manifest), "older").model_copy(update={"resources": ONE_SCORER})
-    StateStore(tmp_path / "state").save_spec(spec)  # as the previous release saved it
-    assert not (tmp_path / "state/jobs/older/dataset.json").exists()
-    coordinator = JobCoordinator(StateStore(tmp_path / "state"))
-    assert coordinator.restore() == 1
-    assert coordinator._jobs["older"].encoding == DatasetEncoding.of(manifest)
-
-
 def test_a_changed_decoder_is_named(tmp_path, images_labels, jpeg_shards):
     images, labels = images_labels
     raw = DatasetEncoding.of(write(tmp_path / "raw", images, labels))

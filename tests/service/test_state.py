@@ -12,7 +12,9 @@ import pytest
 from dynams_service import JobSpec, ScorerResources
 from dynams_service.cli import main as dynams_main
 from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.core.shards import read_manifest
 from dynams_service.protocol import pb
+from dynams_service.service.dataset_identity import DatasetEncoding
 from dynams_service.service.store import RoundResult, StateStore
 
 from .conftest import make_spec
@@ -24,7 +26,7 @@ NO_CPU = ScorerResources(num_scorers=1, num_cpus=0)
 
 def persisted(state, spec: JobSpec, rounds: int = 0) -> StateStore:
     store = StateStore(state)
-    store.save_spec(spec)
+    store.save_spec(spec, DatasetEncoding.of(read_manifest(spec.dataset_uri)))
     for r in range(rounds):
         chosen = np.arange(r, 1200 + r, dtype=np.int64)
         store.save_round(spec.job_id, RoundResult(r, r + 1, 7, chosen,

@@ -7,13 +7,6 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class MarginMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    MARGIN_MODE_UNSPECIFIED: _ClassVar[MarginMode]
-    MARGIN_MODE_DISTANCE: _ClassVar[MarginMode]
-    MARGIN_MODE_SIGNED: _ClassVar[MarginMode]
-    MARGIN_MODE_NAMED: _ClassVar[MarginMode]
-
 class ClassBalance(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CLASS_BALANCE_UNSPECIFIED: _ClassVar[ClassBalance]
@@ -53,10 +46,6 @@ class SelectionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SELECTION_KIND_UNSPECIFIED: _ClassVar[SelectionKind]
     SELECTION_KIND_FULL: _ClassVar[SelectionKind]
     SELECTION_KIND_SUBSET: _ClassVar[SelectionKind]
-MARGIN_MODE_UNSPECIFIED: MarginMode
-MARGIN_MODE_DISTANCE: MarginMode
-MARGIN_MODE_SIGNED: MarginMode
-MARGIN_MODE_NAMED: MarginMode
 CLASS_BALANCE_UNSPECIFIED: ClassBalance
 CLASS_BALANCE_PER_CLASS: ClassBalance
 CLASS_BALANCE_GLOBAL: ClassBalance
@@ -99,12 +88,11 @@ class ProxySpec(_message.Message):
     def __init__(self, architecture: _Optional[str] = ..., width: _Optional[float] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("ratio", "warmup_epochs", "interval_epochs", "anneal_epochs", "margin_mode", "class_balance", "ratio_schedule", "power_exponent", "seed", "staleness", "score", "explore", "coverage_strata", "coverage_prune")
+    __slots__ = ("ratio", "warmup_epochs", "interval_epochs", "anneal_epochs", "class_balance", "ratio_schedule", "power_exponent", "seed", "staleness", "score", "explore", "coverage_strata", "coverage_prune")
     RATIO_FIELD_NUMBER: _ClassVar[int]
     WARMUP_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     ANNEAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
-    MARGIN_MODE_FIELD_NUMBER: _ClassVar[int]
     CLASS_BALANCE_FIELD_NUMBER: _ClassVar[int]
     RATIO_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     POWER_EXPONENT_FIELD_NUMBER: _ClassVar[int]
@@ -118,7 +106,6 @@ class Policy(_message.Message):
     warmup_epochs: int
     interval_epochs: int
     anneal_epochs: int
-    margin_mode: MarginMode
     class_balance: ClassBalance
     ratio_schedule: RatioSchedule
     power_exponent: float
@@ -128,7 +115,7 @@ class Policy(_message.Message):
     explore: float
     coverage_strata: int
     coverage_prune: float
-    def __init__(self, ratio: _Optional[float] = ..., warmup_epochs: _Optional[int] = ..., interval_epochs: _Optional[int] = ..., anneal_epochs: _Optional[int] = ..., margin_mode: _Optional[_Union[MarginMode, str]] = ..., class_balance: _Optional[_Union[ClassBalance, str]] = ..., ratio_schedule: _Optional[_Union[RatioSchedule, str]] = ..., power_exponent: _Optional[float] = ..., seed: _Optional[int] = ..., staleness: _Optional[_Union[Staleness, str]] = ..., score: _Optional[str] = ..., explore: _Optional[float] = ..., coverage_strata: _Optional[int] = ..., coverage_prune: _Optional[float] = ...) -> None: ...
+    def __init__(self, ratio: _Optional[float] = ..., warmup_epochs: _Optional[int] = ..., interval_epochs: _Optional[int] = ..., anneal_epochs: _Optional[int] = ..., class_balance: _Optional[_Union[ClassBalance, str]] = ..., ratio_schedule: _Optional[_Union[RatioSchedule, str]] = ..., power_exponent: _Optional[float] = ..., seed: _Optional[int] = ..., staleness: _Optional[_Union[Staleness, str]] = ..., score: _Optional[str] = ..., explore: _Optional[float] = ..., coverage_strata: _Optional[int] = ..., coverage_prune: _Optional[float] = ...) -> None: ...
 
 class ScorerResources(_message.Message):
     __slots__ = ("num_scorers", "num_cpus", "num_gpus", "batch_size", "cache_bytes")
