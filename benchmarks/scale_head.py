@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dynams_service.core.job import RoundState
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
@@ -169,7 +171,6 @@ def job_spec(job_id: str, uri: str, manifest, scorers: int, per_class: bool):
 def run_round(client, uri, manifest, scorers: int, per_class: bool, keep: bool) -> dict:
     from dynams_service import build_architecture
     from dynams_service.core.proxy import export_psp
-    from dynams_service.protocol import pb
 
     n = manifest.num_samples
     job_id = f"n{n}-k{scorers}{'-pc' if per_class else ''}"
@@ -182,10 +183,10 @@ def run_round(client, uri, manifest, scorers: int, per_class: bool, keep: bool) 
     client.push_weights(job_id, 1, 1, records)
     while True:  # GetJob every 10 ms: when the round is DONE (selected, saved, servable)
         state = client.get_job(job_id).rounds[0]
-        if state.state == pb.ROUND_STATE_DONE:
+        if state.state == RoundState.DONE:
             done = time.perf_counter()
             break
-        if state.state == pb.ROUND_STATE_FAILED:
+        if state.state == RoundState.FAILED:
             raise RuntimeError(f"round failed: {state.error}")
         time.sleep(0.01)
     _, peak = rss()
@@ -216,10 +217,11 @@ def _rank_client(address: str, job_id: str, ranks: list[int], world: int, go, re
         client = SelectorClient(address, retries=0)
         ready.release()
         go.wait()
-        header, part = client.get_selection(job_id, 1, rank, world, timeout=600)
+        selection = client.get_selection(job_id, 1, rank, world, timeout=600)
         finished = time.monotonic()
         with lock:
-            results.append((rank, finished, int(part.nbytes), int(header.rank_count)))
+            results.append((rank, finished, int(selection.indices.nbytes),
+                            len(selection.indices)))
 
     threads = [threading.Thread(target=one, args=(r,)) for r in ranks]
     for t in threads:

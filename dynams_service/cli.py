@@ -192,13 +192,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     """Print a running selector's jobs, rounds, scorer placement and Ray dashboard URL."""
-    from .client import SelectorRpcError
-    from .protocol import job_state_name, pb, round_state_name
+    from .client import SelectorError
+    from .core.job import JobState, RoundState
 
     try:
         with _connect(args) as client:
             jobs = [client.get_job(args.job)] if args.job else _job_details(client)
-    except SelectorRpcError as exc:
+    except SelectorError as exc:
         print(f"dynams: error: {exc}", file=sys.stderr)
         return 1
     dashboard = next((job.dashboard_url for job in jobs if job.dashboard_url), "")
@@ -206,22 +206,22 @@ def _status(args: argparse.Namespace) -> int:
     print(f"Ray dashboard:  {dashboard or '(not reported: no jobs, or Ray without dashboard)'}")
     print(f"jobs:           {len(jobs)}")
     for job in jobs:
-        spec, res = job.spec, job.spec.resources
-        state = job_state_name(job.state)
-        if job.state == pb.JOB_STATE_FAILED:
-            print(f"\njob {spec.job_id}  FAILED (quarantined): {job.error}")
-            print(f"  delete it (dynams job delete {spec.job_id}) and create it again")
+        if job.state is JobState.FAILED or job.spec is None:
+            print(f"\njob {job.job_id}  FAILED (quarantined): {job.error}")
+            print(f"  delete it (dynams job delete {job.job_id}) and create it again")
             continue
+        spec, res = job.spec, job.spec.resources
+        state = job.state.value if job.state else "?"
         print(f"\njob {spec.job_id}  {state}  ({spec.fingerprint.num_samples} samples, "
               f"{spec.epochs} epochs, rounds done {job.rounds_done}/{job.rounds_total})")
         print(f"  dataset:  {spec.dataset_uri}")
         print(f"  scorers:  {res.num_scorers} x (cpus {res.num_cpus:g}, gpus {res.num_gpus:g})")
         print(f"  fraction trained {job.fraction_trained:.3f}")
         for r in job.rounds:
-            line = f"    round {r.round}  epoch {r.epoch}  {round_state_name(r.state):<8}"
-            if r.weights_version >= 0 and r.state != pb.ROUND_STATE_WAITING_FOR_WEIGHTS:
+            line = f"    round {r.round}  epoch {r.epoch}  {r.state.value:<8}"
+            if r.weights_version >= 0 and r.state is not RoundState.WAITING:
                 line += f"  weights v{r.weights_version}"
-            if r.state == pb.ROUND_STATE_DONE:
+            if r.state is RoundState.DONE:
                 line += f"  selected {r.selected}  {r.seconds:.2f}s"
             if r.error:
                 line += f"  error: {r.error}"
@@ -235,39 +235,37 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _no_scorers_reason(job) -> str:
-    """Why a job (a ``pb.Job``) has no scorers now, true for its state."""
-    from .protocol import pb
+    """Why a job (a ``JobInfo``) has no scorers now, true for its state."""
+    from .core.job import JobState, RoundState
 
-    if job.state == pb.JOB_STATE_FINISHED:
+    if job.state is JobState.FINISHED:
         return "no scorers: every round is selected, so they were released"
-    pending = next((r for r in job.rounds if r.state != pb.ROUND_STATE_DONE), None)
+    pending = next((r for r in job.rounds if r.state is not RoundState.DONE), None)
     if pending is None:
         return "no scorers now"
-    if pending.state == pb.ROUND_STATE_SCORING:
+    if pending.state is RoundState.SCORING:
         return f"no scorers yet: they are starting for round {pending.round}"
     start = (f"they start when weights for round {pending.round} (epoch {pending.epoch}) "
              "are pushed")
-    if job.rounds_done or pending.state == pb.ROUND_STATE_FAILED:
+    if job.rounds_done or pending.state is RoundState.FAILED:
         return f"no scorers now (released when idle, or the selector restarted); {start}"
     return f"no scorers yet: {start}"
 
 
 def _job_details(client) -> list:
     """Every job in full: ListJobs' summaries, then GetJob for each job not failed."""
-    import grpc
-
-    from .client import SelectorRpcError
-    from .protocol import pb
+    from .client import SelectorError, Status
+    from .core.job import JobState
 
     jobs = []
     for summary in client.list_jobs():
-        if summary.state == pb.JOB_STATE_FAILED:
+        if summary.state is JobState.FAILED:
             jobs.append(summary)
             continue
         try:
-            jobs.append(client.get_job(summary.spec.job_id))
-        except SelectorRpcError as exc:
-            if exc.code != grpc.StatusCode.NOT_FOUND:  # deleted meanwhile: skip it
+            jobs.append(client.get_job(summary.job_id))
+        except SelectorError as exc:
+            if exc.status is not Status.NOT_FOUND:  # deleted meanwhile: skip it
                 raise
     return jobs
 
@@ -418,22 +416,22 @@ def _connect(args: argparse.Namespace):
 
 def _job_list(args: argparse.Namespace) -> int:
     """One line per job: id, state, rounds done, samples, dataset."""
-    from .client import SelectorRpcError
-    from .protocol import job_state_name, pb
+    from .client import SelectorError
+    from .core.job import JobState
 
     try:
         with _connect(args) as client:
             jobs = client.list_jobs()
-    except SelectorRpcError as exc:
+    except SelectorError as exc:
         print(f"dynams: error: {exc}", file=sys.stderr)
         return 1
     for job in jobs:
-        spec = job.spec
-        state = job_state_name(job.state)
-        state = state.upper() if job.state == pb.JOB_STATE_FAILED else state  # stands out
-        print(f"{spec.job_id:<32} {state:<9} rounds "
-              f"{job.rounds_done}/{job.rounds_total}  {spec.fingerprint.num_samples} samples  "
-              f"{spec.dataset_uri}")
+        state = job.state.value if job.state else "?"
+        state = state.upper() if job.state is JobState.FAILED else state  # stands out
+        samples, dataset = ((job.spec.fingerprint.num_samples, job.spec.dataset_uri)
+                            if job.spec else ("?", "(spec unreadable)"))
+        print(f"{job.job_id:<32} {state:<9} rounds {job.rounds_done}/{job.rounds_total}  "
+              f"{samples} samples  {dataset}")
     if not jobs:
         print("(no jobs)")
     return 0
@@ -441,12 +439,12 @@ def _job_list(args: argparse.Namespace) -> int:
 
 def _job_delete(args: argparse.Namespace) -> int:
     """Delete one job (its scorers and saved rounds)."""
-    from .client import SelectorRpcError
+    from .client import SelectorError
 
     try:
         with _connect(args) as client:
             client.delete_job(args.job_id)
-    except SelectorRpcError as exc:
+    except SelectorError as exc:
         print(f"dynams: error: {exc}", file=sys.stderr)
         return 1
     print(f"deleted job {args.job_id}")

@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args, get_origin
 import numpy as np
 from pydantic import BaseModel
 
-from .core.job import JobSpec, ProxySpec, ScorerResources
+from .core.job import JobSpec, JobState, ProxySpec, RoundState, ScorerResources, SelectionKind
 from .core.policy import SelectionPolicy
 from .core.proxy import TensorRecord
 from .core.shards import DatasetFingerprint
@@ -40,8 +40,8 @@ __all__ = [
     "indices_from_chunks",
     "ROUND_STATES",
     "JOB_STATES",
-    "round_state_name",
-    "job_state_name",
+    "SELECTION_KINDS",
+    "from_wire",
 ]
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024    # the server refuses larger messages
@@ -58,26 +58,24 @@ WEIGHTS_NOT_PUSHED = "WEIGHTS_NOT_PUSHED"  # FAILED_PRECONDITION: push the round
 ROUND_FAILED = "ROUND_FAILED"  # INTERNAL: the round failed on the server (scorer error,
 # corrupt sample, bad config), as opposed to a selector that cannot be reached
 
-# The one table each from the service's round and job state names to the wire's enums;
-# the servicer encodes with them, the CLI decodes with them.
-ROUND_STATES = {"waiting": pb.ROUND_STATE_WAITING_FOR_WEIGHTS, "scoring": pb.ROUND_STATE_SCORING,
-                "done": pb.ROUND_STATE_DONE, "failed": pb.ROUND_STATE_FAILED}
-JOB_STATES = {"active": pb.JOB_STATE_ACTIVE, "idle": pb.JOB_STATE_IDLE,
-              "finished": pb.JOB_STATE_FINISHED, "failed": pb.JOB_STATE_FAILED}
+# The one table each from the job's states and an epoch's kind to the wire's enums; the
+# servicer encodes with them, the client decodes with them. FALLBACK is the trainer's own
+# label and never on the wire.
+ROUND_STATES = {RoundState.WAITING: pb.ROUND_STATE_WAITING_FOR_WEIGHTS,
+                RoundState.SCORING: pb.ROUND_STATE_SCORING, RoundState.DONE: pb.ROUND_STATE_DONE,
+                RoundState.FAILED: pb.ROUND_STATE_FAILED}
+JOB_STATES = {JobState.ACTIVE: pb.JOB_STATE_ACTIVE, JobState.IDLE: pb.JOB_STATE_IDLE,
+              JobState.FINISHED: pb.JOB_STATE_FINISHED, JobState.FAILED: pb.JOB_STATE_FAILED}
+SELECTION_KINDS = {SelectionKind.FULL: pb.SELECTION_KIND_FULL,
+                   SelectionKind.SUBSET: pb.SELECTION_KIND_SUBSET}
 
 
-def round_state_name(value: int) -> str:
-    """A ``RoundState`` enum value's name (``"?"`` for one this release does not know)."""
-    return _name_of(ROUND_STATES, value)
-
-
-def job_state_name(value: int) -> str:
-    """A ``JobState`` enum value's name (``"?"`` for one this release does not know)."""
-    return _name_of(JOB_STATES, value)
-
-
-def _name_of(table: dict[str, int], value: int) -> str:
-    return next((name for name, number in table.items() if number == value), "?")
+def from_wire(table: dict[Any, int], value: int, field: str) -> Any:
+    """The member a wire enum value stands for; ``ProtocolError`` for an unknown one."""
+    for member, number in table.items():
+        if number == value:
+            return member
+    raise ProtocolError(f"{field}: unknown enum value {value}")
 
 
 class ProtocolError(ValueError):

@@ -1,7 +1,8 @@
-"""SelectorClient: a typed wrapper over the selector's gRPC API.
+"""SelectorClient: a typed client of the selector's gRPC API.
 
 Deadlines on every call, retries with exponential backoff on UNAVAILABLE, bearer-token
-metadata, TLS; errors surface as ``SelectorRpcError`` carrying the gRPC status code.
+metadata, TLS. Replies are the client's own dataclasses (``replies.py``) and every failure
+is a ``SelectorError`` (``errors.py``): no gRPC or protobuf type crosses this module.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
-import numpy as np
 
 from ..core.job import JobSpec
 from ..core.proxy import TensorRecord
@@ -22,35 +22,33 @@ from ..proto.dynams.v1 import selector_pb2_grpc
 from ..protocol import (
     MAX_MESSAGE_BYTES,
     REASON_KEY,
+    ProtocolError,
     indices_from_chunks,
     pb,
     records_to_chunks,
     spec_to_proto,
 )
+from .errors import Reason, SelectorError, Status
+from .replies import JobInfo, PushResult, Selection
 
-__all__ = ["SelectorClient", "SelectorRpcError"]
+__all__ = ["SelectorClient"]
 
 T = TypeVar("T")
 
 
-class SelectorRpcError(RuntimeError):
-    """A selector call failed; ``code`` is the ``grpc.StatusCode``, ``reason`` the server's
-    machine-readable reason where it gave one (e.g. ``protocol.WEIGHTS_NOT_PUSHED``)."""
-
-    def __init__(self, method: str, code: grpc.StatusCode, details: str,
-                 reason: str = "") -> None:
-        super().__init__(f"{method}: {code.name}: {details}")
-        self.method = method
-        self.code = code
-        self.details = details
-        self.reason = reason
-
-
-def _reason(exc: grpc.RpcError) -> str:
-    """The server's machine-readable reason (NOTE [ error reasons ] in protocol.py)."""
+def _error(method: str, exc: grpc.RpcError) -> SelectorError:
+    """A gRPC failure as the client's own error, with the server's typed reason."""
+    code = exc.code()  # type: ignore[attr-defined]
+    status = Status.__members__.get(code.name, Status.UNKNOWN)
     trailing = getattr(exc, "trailing_metadata", None)
     metadata = (trailing() if callable(trailing) else None) or ()
-    return next((str(v) for k, v in metadata if k == REASON_KEY), "")
+    value = next((str(v) for k, v in metadata if k == REASON_KEY), "")
+    reason = Reason(value) if value in Reason._value2member_map_ else Reason.NONE
+    return SelectorError(method, status, exc.details() or "", reason)  # type: ignore[attr-defined]
+
+
+def _page(reply: pb.ListJobsResponse) -> tuple[list[JobInfo], str]:
+    return [JobInfo.from_proto(j) for j in reply.jobs], reply.next_page_token
 
 
 class SelectorClient:
@@ -98,14 +96,16 @@ class SelectorClient:
             try:
                 return fn(max(0.001, deadline - time.monotonic()))
             except grpc.RpcError as exc:
-                code = exc.code()  # type: ignore[attr-defined]
-                retry = (code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries
+                error = _error(method, exc)
+                retry = (error.status is Status.UNAVAILABLE and attempt < self.retries
                          and time.monotonic() + delay < deadline)
                 if not retry:
-                    raise SelectorRpcError(method, code, exc.details(),  # type: ignore[attr-defined]
-                                           _reason(exc)) from None
+                    raise error from None
                 time.sleep(delay * (1 + random.random() * 0.2))
                 delay *= 2
+            except ProtocolError as exc:
+                raise SelectorError(method, Status.INTERNAL, str(exc),
+                                    Reason.MALFORMED_REPLY) from None
         raise AssertionError("unreachable")
 
     def reachable(self, timeout: float) -> bool:
@@ -116,29 +116,29 @@ class SelectorClient:
         except grpc.FutureTimeoutError:
             return False
 
-    def create_job(self, spec: JobSpec, timeout: float | None = None) -> pb.Job:
+    def create_job(self, spec: JobSpec, timeout: float | None = None) -> JobInfo:
         """Create (or find the identical) job; scorers are started before it returns."""
         request = pb.CreateJobRequest(spec=spec_to_proto(spec))
-        return self._call("CreateJob", lambda t: self._stub.CreateJob(
-            request, timeout=t, metadata=self._metadata), timeout or max(self.timeout, 300))
+        return self._call("CreateJob", lambda t: JobInfo.from_proto(self._stub.CreateJob(
+            request, timeout=t, metadata=self._metadata)), timeout or max(self.timeout, 300))
 
-    def get_job(self, job_id: str, timeout: float | None = None) -> pb.Job:
-        return self._call("GetJob", lambda t: self._stub.GetJob(
-            pb.GetJobRequest(job_id=job_id), timeout=t, metadata=self._metadata), timeout)
+    def get_job(self, job_id: str, timeout: float | None = None) -> JobInfo:
+        """One job in full: its plan, every round, its scorers."""
+        return self._call("GetJob", lambda t: JobInfo.from_proto(self._stub.GetJob(
+            pb.GetJobRequest(job_id=job_id), timeout=t, metadata=self._metadata)), timeout)
 
-    def list_jobs(self, timeout: float | None = None, page_size: int = 100) -> list[pb.Job]:
+    def list_jobs(self, timeout: float | None = None, page_size: int = 100) -> list[JobInfo]:
         """Every job's summary (spec, state, round counts), fetched a page at a time;
         ``get_job`` has a job's rounds and scorers."""
-        jobs: list[pb.Job] = []
+        jobs: list[JobInfo] = []
         token = ""
         while True:
             request = pb.ListJobsRequest(page_size=page_size, page_token=token)
-            page = self._call("ListJobs", lambda t, r=request: self._stub.ListJobs(
-                r, timeout=t, metadata=self._metadata), timeout)
-            jobs.extend(page.jobs)
-            if not page.next_page_token:
+            page, token = self._call("ListJobs", lambda t, r=request: _page(self._stub.ListJobs(
+                r, timeout=t, metadata=self._metadata)), timeout)
+            jobs.extend(page)
+            if not token:
                 return jobs
-            token = page.next_page_token
 
     def delete_job(self, job_id: str, timeout: float | None = None) -> bool:
         return self._call("DeleteJob", lambda t: self._stub.DeleteJob(
@@ -147,14 +147,14 @@ class SelectorClient:
 
     def push_weights(self, job_id: str, epoch: int, version: int,
                      records: Iterable[TensorRecord], timeout: float | None = None,
-                     cancel: threading.Event | None = None) -> pb.PushAck:
+                     cancel: threading.Event | None = None) -> PushResult:
         """Push PSP tensors for the round that starts at ``epoch`` (streamed in parts).
 
-        Setting ``cancel`` ends the push at once (``SelectorRpcError`` with CANCELLED).
+        Setting ``cancel`` ends the push at once (``SelectorError`` with CANCELLED).
         """
         records = list(records)
 
-        def push(t: float) -> pb.PushAck:
+        def push(t: float) -> PushResult:
             call = self._stub.PushWeights.future(
                 records_to_chunks(job_id, version, epoch, records), timeout=t,
                 metadata=self._metadata)
@@ -164,21 +164,21 @@ class SelectorClient:
                         call.cancel()
                         break
             try:
-                return call.result()
+                return PushResult.from_proto(call.result())
             except grpc.FutureCancelledError:
-                raise SelectorRpcError("PushWeights", grpc.StatusCode.CANCELLED,
-                                       "cancelled by the caller") from None
+                raise SelectorError("PushWeights", Status.CANCELLED,
+                                    "cancelled by the caller") from None
 
         return self._call("PushWeights", push, timeout)
 
     def get_selection(self, job_id: str, epoch: int, rank: int, world_size: int, *,
-                      drop_last: bool = False, timeout: float | None = None
-                      ) -> tuple[pb.SelectionHeader, np.ndarray]:
-        """This rank's indices for ``epoch``; waits up to ``timeout`` for a scoring round."""
+                      drop_last: bool = False, timeout: float | None = None) -> Selection:
+        """This rank's indices for ``epoch``; waits up to ``timeout`` for the round (its
+        weights and its scoring)."""
         request = pb.GetSelectionRequest(job_id=job_id, epoch=epoch, rank=rank,
                                          world_size=world_size, drop_last=drop_last)
-        return self._call("GetSelection", lambda t: indices_from_chunks(self._stub.GetSelection(
-            request, timeout=t, metadata=self._metadata)), timeout)
+        return self._call("GetSelection", lambda t: Selection.from_proto(*indices_from_chunks(
+            self._stub.GetSelection(request, timeout=t, metadata=self._metadata))), timeout)
 
     def close(self) -> None:
         self._channel.close()

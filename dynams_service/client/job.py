@@ -9,19 +9,14 @@ from __future__ import annotations
 import logging
 import os
 
-import grpc
-
 from ..core.job import JobSpec
 from ..core.manifest import is_relative_local_path
-from ..protocol import spec_from_proto
-from .client import SelectorClient, SelectorRpcError
+from .client import SelectorClient
+from .errors import SelectorError
 
 __all__ = ["SelectorJob"]
 
 log = logging.getLogger(__name__)
-
-UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-
 
 def with_absolute_dataset_path(spec: JobSpec) -> JobSpec:
     """The spec with a relative local dataset path made absolute, when it names a dataset
@@ -60,17 +55,17 @@ class SelectorJob:
         """Create the job (or find the identical one). A selector that cannot be reached
         is not an error: the sampler trains on fallback subsets and creates the job when
         the selector answers. Other errors (a different spec under this id, a dataset the
-        proxy cannot read) raise ``SelectorRpcError``."""
+        proxy cannot read) raise ``SelectorError``."""
         client = SelectorClient(client) if isinstance(client, str) else client
         spec = with_absolute_dataset_path(spec)
         job = cls(client, spec, can_create=True)
         try:
             created = client.create_job(spec, timeout=timeout)
-        except SelectorRpcError as exc:
-            if exc.code not in UNREACHABLE:
+        except SelectorError as exc:
+            if not exc.unreachable:
                 raise
             log.warning("selector at %s unreachable at start (%s); training on uniform "
-                        "fallback subsets until it answers", client.address, exc.code.name)
+                        "fallback subsets until it answers", client.address, exc.status.value)
             return job
         if created.rounds_done:
             log.warning("job %r already exists on %s with %d of %d rounds saved: its saved "
@@ -85,7 +80,10 @@ class SelectorJob:
         """The selector's existing job ``job_id`` (its spec read back with GetJob); it is
         not created again if the selector loses it."""
         client = SelectorClient(client) if isinstance(client, str) else client
-        spec = spec_from_proto(client.get_job(job_id, timeout=timeout).spec)
+        spec = client.get_job(job_id, timeout=timeout).spec
+        if spec is None:
+            raise ValueError(f"job {job_id!r} has no readable spec on the selector (it "
+                             "failed); delete it and create it again")
         return cls(client, spec, can_create=False)
 
     def recreate(self, timeout: float) -> bool:
@@ -96,5 +94,5 @@ class SelectorJob:
         try:
             self.client.create_job(self.spec, timeout=max(0.001, timeout))
             return True
-        except SelectorRpcError:
+        except SelectorError:
             return False

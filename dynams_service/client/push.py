@@ -13,12 +13,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 
-import grpc
-
 from ..core.models import SlimmableModel
 from ..core.proxy import TensorRecord, export_psp
-from .client import SelectorRpcError
+from .errors import SelectorError, Status
 from .job import SelectorJob
+from .warn_once import WarnOnce
 
 __all__ = ["PushScheduler"]
 
@@ -55,7 +54,7 @@ class PushScheduler:
         self._closing = threading.Event()  # set by close(): ends a push still on the wire
         self._epoch_started: dict[int, float] = {}
         self._round_latency: float | None = None  # push → answer of the last round
-        self._warned = False  # the first failed push warns; later ones log at INFO
+        self._warn = WarnOnce(log)  # the first failed push warns; later ones log at INFO
 
     # --- when ---------------------------------------------------------------------------
 
@@ -98,10 +97,14 @@ class PushScheduler:
             self._sends[target] = self._pool.submit(self._send, target, version, records)
         return version
 
-    def failed(self, target: int) -> bool:
-        """Whether this process's send for ``target`` has ended without success."""
+    def sent(self, target: int, timeout: float) -> bool:
+        """Whether this process's send for ``target`` went out, waiting up to ``timeout``
+        seconds for one in flight; True where this process sends none."""
         send = self._sends.get(target)
-        return send is not None and send.done() and not send.result()
+        if send is None:
+            return True
+        wait_futures([send], timeout=timeout)
+        return send.done() and send.result()
 
     def _send(self, target: int, version: int, records: list[TensorRecord]) -> bool:
         """Send one push; on a selector that lost the job, create it and push again."""
@@ -110,18 +113,16 @@ class PushScheduler:
             try:
                 job.client.push_weights(job.job_id, target, version, records,
                                         timeout=self.send_timeout, cancel=self._closing)
-            except SelectorRpcError as exc:
-                if not (exc.code == grpc.StatusCode.NOT_FOUND and not self._closing.is_set()
+            except SelectorError as exc:
+                if not (exc.status is Status.NOT_FOUND and not self._closing.is_set()
                         and job.recreate(self.send_timeout)):
                     raise
                 job.client.push_weights(job.job_id, target, version, records,
                                         timeout=self.send_timeout, cancel=self._closing)
             return True
-        except SelectorRpcError as exc:
-            (log.info if self._warned else log.warning)(
-                "weights push for epoch %d failed (%s: %s); that epoch will fall back",
-                target, exc.code.name, exc.details)
-            self._warned = True
+        except SelectorError as exc:
+            self._warn(f"weights push for epoch {target} failed ({exc.status.value}: "
+                       f"{exc.details}); that epoch will fall back")
             return False
 
     def close(self, timeout: float) -> None:

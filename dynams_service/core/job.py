@@ -1,15 +1,54 @@
-"""The job spec: everything a selector needs to score and select for one training run."""
+"""The job spec (everything a selector needs to score and select for one training run)
+and the states a job, its rounds and its epochs are reported in, shared by the selector
+and its clients."""
 
 from __future__ import annotations
+
+from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .policy import Plan, SelectionPolicy
 from .shards import DatasetFingerprint
 
-__all__ = ["JobSpec", "ProxySpec", "ScorerResources", "JOB_ID_PATTERN", "spec_differences"]
+__all__ = ["JobSpec", "ProxySpec", "ScorerResources", "JOB_ID_PATTERN", "spec_differences",
+           "JobState", "RoundState", "SelectionKind"]
 
 JOB_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+
+
+class _Word(str, Enum):
+    """A str enum that prints as its value, like the plain string it replaces."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class JobState(_Word):
+    """What a job is doing."""
+
+    ACTIVE = "active"      # its scorers run
+    IDLE = "idle"          # no scorers now: before the first push, or released when idle
+    FINISHED = "finished"  # every round selected, scorers released
+    FAILED = "failed"      # its persisted state is unreadable: quarantined, delete it
+
+
+class RoundState(_Word):
+    """Where a selection round stands."""
+
+    WAITING = "waiting"  # no weights pushed for it yet
+    SCORING = "scoring"  # weights committed, its scorers are at work
+    DONE = "done"        # selected and saved
+    FAILED = "failed"    # its last scoring failed; a new push retries
+
+
+class SelectionKind(_Word):
+    """What an epoch trains on: all the data, the selector's subset, or (decided by the
+    trainer alone, never sent by the selector) a seeded uniform fallback subset."""
+
+    FULL = "full"
+    SUBSET = "subset"
+    FALLBACK = "fallback"
 
 
 class ProxySpec(BaseModel):

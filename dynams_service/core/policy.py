@@ -67,6 +67,12 @@ class Plan(BaseModel):
         """Epochs that start a new selection round (each needs fresh proxy weights)."""
         return [e.epoch for e in self.epochs if e.kind is EpochKind.SELECT]
 
+    def next_select_epoch(self, epoch: int) -> int | None:
+        """The epoch right after ``epoch`` if it starts a round (needs fresh weights)."""
+        nxt = epoch + 1
+        return nxt if nxt < len(self.epochs) and self.epochs[nxt].kind is EpochKind.SELECT \
+            else None
+
     def __getitem__(self, epoch: int) -> EpochPlan:
         if not 0 <= epoch < len(self.epochs):
             raise IndexError(f"epoch {epoch} must be in [0, {len(self.epochs) - 1}]")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..core.dataset_access import DatasetAccess, DatasetAccessDenied, MalformedDatasetURI
-from ..core.job import JobSpec, spec_differences
+from ..core.job import JobSpec, JobState, RoundState, SelectionKind, spec_differences
 from ..core.models import build_architecture
 from ..core.partition import epoch_order, rank_part
 from ..core.policy import EpochKind, Plan
@@ -50,7 +50,7 @@ from .errors import (
 )
 from .limits import Limits
 from .metrics import SelectorMetrics
-from .rounds import Round, RoundState
+from .rounds import Round
 from .scorer import JobScorers
 from .store import LoadedJob, RoundResult, StateStore
 from .threads import RoundThreads
@@ -69,7 +69,7 @@ class Answer:
     epoch: int
     round: int  # -1 for full-data epochs
     weights_version: int  # -1 for full-data epochs
-    full: bool
+    kind: SelectionKind  # FULL or SUBSET
     global_count: int
     indices: np.ndarray
 
@@ -85,22 +85,13 @@ class RoundStatus:
     error: str = ""
 
 
-class JobState:
-    """What a job is doing (``Job.state`` on the wire)."""
-
-    ACTIVE = "active"      # its scorers run
-    IDLE = "idle"          # no scorers now: before the first push, or released after job_ttl
-    FINISHED = "finished"  # every round selected, scorers released
-    FAILED = "failed"      # its persisted state is unreadable: quarantined, delete it
-
-
 @dataclass(frozen=True)
 class JobSummary:
     """A job in a few fields (ListJobs): bounded whatever the job's length."""
 
     job_id: str
     spec: JobSpec | None  # None for a quarantined job whose spec is unreadable
-    state: str
+    state: JobState
     rounds_total: int = 0
     rounds_done: int = 0
     error: str = ""
@@ -605,7 +596,8 @@ class JobCoordinator:
 
     def get_selection(self, job_id: str, epoch: int, rank: int, world_size: int,
                       drop_last: bool, timeout: float | None) -> Answer:
-        """This rank's part of the epoch; waits up to ``timeout`` s for a round in progress."""
+        """This rank's part of the epoch; waits up to ``timeout`` s for the round's weights
+        and scoring."""
         if world_size < 1:
             raise InvalidArgument(f"world_size must be >= 1, got {world_size}")
         if not 0 <= rank < world_size:
@@ -622,17 +614,19 @@ class JobCoordinator:
                 canonical, round_, version = None, -1, -1
             else:
                 round_ = _round_of(job.plan, epoch)
+                # Waits for the round's weights as for its scoring (one call per rank per
+                # epoch); at the deadline the state says which of the two did not come.
                 while (current := job.rounds[round_]).state is not RoundState.DONE:
                     if job.deleted:
                         raise NotFound(f"job {job_id!r} was deleted")
                     if current.state is RoundState.FAILED:
                         raise RoundFailed(f"round {round_} failed: {current.error}; push the "
                                        "weights again to retry")
-                    if current.state is RoundState.WAITING:
-                        raise WeightsNotPushed(
-                            f"no weights pushed yet for round {round_} (epoch {epoch}); push "
-                            f"the PSP weights for epoch {current.epoch} first")
                     remaining = deadline - time.monotonic()
+                    if remaining <= 0 and current.state is RoundState.WAITING:
+                        raise WeightsNotPushed(
+                            f"no weights pushed for round {round_} (epoch {epoch}) within "
+                            f"{timeout:.1f}s; push the PSP weights for epoch {current.epoch}")
                     if remaining <= 0:
                         raise DeadlineExceeded(f"round {round_} is still scoring")
                     self._changed.wait(remaining)
@@ -641,7 +635,8 @@ class JobCoordinator:
         order = self._epoch_order(job, epoch, canonical)
         part = rank_part(order, rank, world_size, drop_last)  # a view: NOTE [ serving ranks ]
         self.metrics.served(job_id)
-        return Answer(epoch, round_, version, entry.kind is EpochKind.FULL, len(order), part)
+        kind = SelectionKind.FULL if entry.kind is EpochKind.FULL else SelectionKind.SUBSET
+        return Answer(epoch, round_, version, kind, len(order), part)
 
     def _epoch_order(self, job: _Job, epoch: int, canonical: np.ndarray | None) -> np.ndarray:
         """The epoch's shuffled list, built once however many ranks ask at once.

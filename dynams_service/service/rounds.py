@@ -8,20 +8,11 @@ is a consistent snapshot.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import Enum
 
+from ..core.job import RoundState
 from .store import RoundResult
 
 __all__ = ["Round", "RoundState"]
-
-
-class RoundState(Enum):
-    """Where a round stands; the value is its name in ``RoundStatus.state``."""
-
-    WAITING = "waiting"  # no weights pushed for it yet
-    SCORING = "scoring"  # weights committed, its scorers are at work
-    DONE = "done"        # selected and saved: ``Round.result`` holds the selection
-    FAILED = "failed"    # its last scoring failed (``Round.error``); a new push retries
 
 
 # Which states each state may be entered from. A restored round goes WAITING → DONE.

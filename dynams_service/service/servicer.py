@@ -10,12 +10,14 @@ from typing import TypeVar
 import grpc
 from pydantic import ValidationError
 
+from ..core.job import RoundState
 from ..proto.dynams.v1 import selector_pb2_grpc
 from ..protocol import (
     JOB_STATES,
     MAX_WORLD_SIZE,
     REASON_KEY,
     ROUND_STATES,
+    SELECTION_KINDS,
     ProtocolError,
     chunks_to_push,
     pb,
@@ -23,7 +25,7 @@ from ..protocol import (
     spec_from_proto,
     spec_to_proto,
 )
-from .coordinator import JobCoordinator, JobStatus, JobSummary, RoundState
+from .coordinator import JobCoordinator, JobStatus, JobSummary
 from .decoding import UndecodableRequest
 from .errors import InvalidArgument, SelectorError
 
@@ -85,6 +87,15 @@ def _short(exc: Exception | str, limit: int = 1000) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _answer_before(deadline: float | None) -> float | None:
+    """How long a call may wait so that its answer (why it waited in vain, for instance)
+    reaches the client before the client's own deadline cancels the call: a tenth of the
+    time, at most half a second, is kept for the way back."""
+    if deadline is None:
+        return None
+    return max(0.0, deadline - min(0.5, 0.1 * deadline))
+
+
 def job_to_proto(status: JobStatus, dashboard_url: str = "") -> pb.Job:
     summary = status.summary
     return pb.Job(
@@ -95,7 +106,7 @@ def job_to_proto(status: JobStatus, dashboard_url: str = "") -> pb.Job:
         scorer_status=[pb.ScorerStatus(**info) for info in status.scorer_infos],
         spec=spec_to_proto(status.spec), epoch_sizes=status.plan.sizes,
         fraction_trained=status.plan.fraction_trained, scorers=status.scorers,
-        rounds=[pb.RoundStatus(round=r.round, epoch=r.epoch, state=ROUND_STATES[r.state.value],
+        rounds=[pb.RoundStatus(round=r.round, epoch=r.epoch, state=ROUND_STATES[r.state],
                                weights_version=r.weights_version, selected=r.selected,
                                seconds=r.seconds, error=r.error) for r in status.rounds],
     )
@@ -156,9 +167,9 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
             raise InvalidArgument(f"world_size {request.world_size} exceeds {MAX_WORLD_SIZE}")
         answer = self.coordinator.get_selection(
             request.job_id, request.epoch, request.rank, request.world_size, request.drop_last,
-            timeout=context.time_remaining())
+            timeout=_answer_before(context.time_remaining()))
         header = pb.SelectionHeader(
             epoch=answer.epoch, round=answer.round, weights_version=answer.weights_version,
-            kind=pb.SELECTION_KIND_FULL if answer.full else pb.SELECTION_KIND_SUBSET,
+            kind=SELECTION_KINDS[answer.kind],
             global_count=answer.global_count, rank_count=len(answer.indices))
         return selection_chunks(header, answer.indices)

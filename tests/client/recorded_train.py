@@ -48,9 +48,10 @@ def recording_sampler(record_dir: Path) -> type[DynaMSSampler]:
             return super().maybe_push(model, progress, version)
 
         def close(self) -> None:
-            if self._closed:
-                return
             super().close()
+            if getattr(self, "_recorded", False):
+                return
+            self._recorded = True
             record_dir.mkdir(parents=True, exist_ok=True)
             for epoch, indices in self.records.items():
                 np.save(record_dir / f"rank{self.rank}-epoch{epoch}.npy", np.asarray(indices))

@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks.ddp_example import read_output
 from dynams_service.client import SelectorClient
-from dynams_service.protocol import pb
+from dynams_service.core.job import RoundState
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 4
@@ -68,13 +68,13 @@ def test_two_ranks_train_on_the_selectors_canonical_list(server_factory, shard_r
     assert sorted(pushed) == [1, 2, 3]
     assert list(job.scorers) == []  # every round selected: the scorers were released
     for r in job.rounds:
-        assert r.state == pb.ROUND_STATE_DONE
+        assert r.state == RoundState.DONE
         assert r.weights_version == pushed[r.epoch]  # scored with what rank 0 pushed
     for epoch in range(EPOCHS):
         parts = [np.load(rec / f"rank{r}-epoch{epoch}.npy") for r in range(2)]
         assert len(parts[0]) == len(parts[1])
         assert not set(parts[0].tolist()) & set(parts[1].tolist())
-        _, canonical = client.get_selection("ddp-job", epoch, 0, 1)
+        canonical = client.get_selection("ddp-job", epoch, 0, 1).indices
         assert sorted(np.concatenate(parts).tolist()) == sorted(canonical.tolist())
         for r in range(2):
             source = info[r]["sources"][str(epoch)]
@@ -94,7 +94,7 @@ def test_selector_killed_mid_run_falls_back_and_finishes(server_factory, shard_r
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 rounds = client.get_job("doomed", timeout=5).rounds
-                if rounds and rounds[0].state == pb.ROUND_STATE_DONE:
+                if rounds and rounds[0].state == RoundState.DONE:
                     break
             except Exception:  # noqa: BLE001 - job not created yet
                 pass

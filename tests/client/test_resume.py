@@ -117,7 +117,7 @@ def test_state_dict_resumes_mid_epoch_in_process(server_factory, small_shards, t
     assert third.pushed == first.pushed and 1 in third.pushed  # not pushed twice
     third.set_epoch(1)
     assert list(third) == epoch1[100:] and third.sources[1].kind == "subset"
-    assert third.push_due(1.0) and third.next_select_epoch() == 2
+    assert third.push_due(1.0) and third.plan().next_select_epoch(third.epoch) == 2
 
     with pytest.raises(ValueError, match="world_size 2"):
         DynaMSSampler(4000, job, rank=0, world_size=1, deadline=5).load_state_dict(

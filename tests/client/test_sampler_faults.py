@@ -68,10 +68,10 @@ def test_fallbacks_keep_the_plan_and_recover(server_factory, small_shards, train
     # Slow past the deadline: the round for epoch 4 cannot finish in 2 ms.
     client.push_weights("flaky", 4, 4, export_psp(trained_model, 0.25))
     sampler.pushed[4] = 4
-    sampler.deadline = 0.002
+    sampler.epochs.deadline = 0.002  # the fetcher holds the deadline each epoch waits
     run_epoch(4)
     assert sampler.fallback_epochs == [2, 4]
-    sampler.deadline = 120
+    sampler.epochs.deadline = 120
     sampler.push(trained_model, version=5)
     run_epoch(5)
     assert sampler.sources[5].kind == "subset"

@@ -26,9 +26,10 @@ def make_spec(small_shards, job_id: str = "fmnist-small", **policy) -> JobSpec:
 
 
 def gather(client, job_id: str, epoch: int, world_size: int, drop_last: bool = False):
-    """Every rank's answer for one epoch."""
-    return [client.get_selection(job_id, epoch, rank, world_size, drop_last=drop_last,
-                                 timeout=120) for rank in range(world_size)]
+    """Every rank's answer for one epoch, as (selection, its indices) pairs."""
+    answers = [client.get_selection(job_id, epoch, rank, world_size, drop_last=drop_last,
+                                    timeout=120) for rank in range(world_size)]
+    return [(a, a.indices) for a in answers]
 
 
 def canonical_from_parts(parts: list[np.ndarray], global_count: int) -> np.ndarray:

@@ -162,7 +162,8 @@ def _run_round(client, job: dict[str, Any], epoch: int, records, out: Path) -> N
     cpu = _cpu_seconds(pids)
     started = time.perf_counter()
     client.push_weights(job["job_id"], epoch=epoch, version=epoch, records=records)
-    header, part = client.get_selection(job["job_id"], epoch, 0, 1, timeout=600)
+    header = client.get_selection(job["job_id"], epoch, 0, 1, timeout=600)
+    part = header.indices
     job["push_to_answer_seconds"].append(time.perf_counter() - started)
     job["scorer_cpu_seconds"].append(_cpu_seconds(pids) - cpu)
     if epoch == 1:
@@ -206,7 +207,7 @@ def _summary(jobs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def _gpu_check(address: str, client, manifest, uri: str, records,
                batch_size: int) -> dict[str, Any]:
     """Ask for GPU scorers on logical-GPU nodes without CUDA: they must not fall back to CPU."""
-    from dynams_service.client import SelectorRpcError
+    from dynams_service.client import SelectorError
 
     spec = _spec(manifest, uri, "mn-gpu", scorers=2, rounds=1, batch_size=batch_size,
                  gpus=1.0)
@@ -215,8 +216,8 @@ def _gpu_check(address: str, client, manifest, uri: str, records,
         job = client.create_job(spec, timeout=600)
         result.update(created=True, devices=[s.device for s in job.scorer_status])
         client.delete_job(spec.job_id)
-    except SelectorRpcError as exc:
-        result.update(code=exc.code.name, details=exc.details[:2000])
+    except SelectorError as exc:
+        result.update(code=exc.status.value, details=exc.details[:2000])
     result["actors"] = _actors(address, [f"dynams:{spec.job_id}:scorer:{i}" for i in range(2)])
     return result
 

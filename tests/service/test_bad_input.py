@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.client import SelectorClient, SelectorError
+from dynams_service.core.job import RoundState
 from dynams_service.core.proxy import TensorRecord, export_psp
 from dynams_service.proto.dynams.v1 import selector_pb2_grpc
 from dynams_service.protocol import pb, records_to_chunks, spec_to_proto
@@ -27,18 +28,19 @@ def live(server_factory, small_shards, trained_model):
     stub = selector_pb2_grpc.SelectorStub(grpc.insecure_channel(server.address))
     yield client, stub, spec, reference
     # Whatever the test sent, the healthy job answers exactly as before.
-    header, part = client.get_selection(spec.job_id, 1, 0, 2)
-    assert header == reference[0] and np.array_equal(part, reference[1])
+    header = client.get_selection(spec.job_id, 1, 0, 2)
+    part = header.indices
+    assert header == reference and np.array_equal(part, reference.indices)
 
 
 def _code(call) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises((SelectorRpcError, grpc.RpcError)) as info:
+    with pytest.raises((SelectorError, grpc.RpcError)) as info:
         result = call()
         if hasattr(result, "__iter__") and not isinstance(result, tuple):
             list(result)
     exc = info.value
-    if isinstance(exc, SelectorRpcError):
-        return exc.code, exc.details
+    if isinstance(exc, SelectorError):
+        return grpc.StatusCode[exc.status.value], exc.details
     return exc.code(), exc.details()
 
 
@@ -62,7 +64,7 @@ def test_wrong_tensor_shape_and_dtype(live, small_shards, trained_model):
     code, message = _code(lambda: client.push_weights(spec.job_id, 2, 5, bad_dtype))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "dtype int64" in message
     # Nothing was committed: round 1 still waits for weights.
-    assert client.get_job(spec.job_id).rounds[1].state == pb.ROUND_STATE_WAITING_FOR_WEIGHTS
+    assert client.get_job(spec.job_id).rounds[1].state == RoundState.WAITING
 
 
 def test_truncated_push_stream(live, trained_model):
@@ -79,7 +81,7 @@ def test_truncated_push_stream(live, trained_model):
 
     code, _ = _code(lambda: stub.PushWeights(broken(), timeout=30))
     assert code in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN)
-    assert client.get_job(spec.job_id).rounds[1].state == pb.ROUND_STATE_WAITING_FOR_WEIGHTS
+    assert client.get_job(spec.job_id).rounds[1].state == RoundState.WAITING
 
 
 def test_epoch_and_rank_out_of_range(live):

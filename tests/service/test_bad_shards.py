@@ -11,16 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy, write_shards
-from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.client import SelectorClient, SelectorError, Status
+from dynams_service.core.job import RoundState
 from dynams_service.core.proxy import TensorRecord, export_psp
-from dynams_service.protocol import pb
 from dynams_service.service.server import SelectorServer
 
 from .conftest import make_spec
@@ -118,15 +117,15 @@ def test_malformed_shards_are_refused_naming_the_file(server_factory, tmp_path: 
     state_dir = tmp_path / "state"
     server = server_factory(state_dir=state_dir)
     with SelectorClient(server.address, retries=0, timeout=60) as client:
-        with pytest.raises(SelectorRpcError) as info:
+        with pytest.raises(SelectorError) as info:
             client.create_job(spec)
         error = info.value
-        assert error.code == grpc.StatusCode.FAILED_PRECONDITION, error
+        assert error.status == Status.FAILED_PRECONDITION, error
         assert str(Path(uri) / BAD) in error.details and message in error.details, error
         assert client.list_jobs() == []
-        with pytest.raises(SelectorRpcError) as info:
+        with pytest.raises(SelectorError) as info:
             client.get_job(spec.job_id)
-        assert info.value.code == grpc.StatusCode.NOT_FOUND
+        assert info.value.status == Status.NOT_FOUND
     assert not (state_dir / "jobs" / spec.job_id).exists()
     assert not MARKER.exists(), "the selector unpickled a shard"
 
@@ -161,19 +160,19 @@ def waiting(ray_cluster, small_shards, trained_model, tmp_path_factory) -> Itera
 def _assert_nothing_committed(waiting: Waiting) -> None:
     """Round 0 still waits for weights, its selection is refused, no file was written."""
     job = waiting.client.get_job(waiting.job_id)
-    assert [r.state for r in job.rounds] == [pb.ROUND_STATE_WAITING_FOR_WEIGHTS] * 3
-    with pytest.raises(SelectorRpcError) as info:
-        waiting.client.get_selection(waiting.job_id, 1, 0, 1, timeout=10)
-    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "no weights pushed yet" in info.value.details
+    assert [r.state for r in job.rounds] == [RoundState.WAITING] * 3
+    with pytest.raises(SelectorError) as info:
+        waiting.client.get_selection(waiting.job_id, 1, 0, 1, timeout=1)
+    assert info.value.status == Status.FAILED_PRECONDITION
+    assert "no weights pushed for round 0 (epoch 1)" in info.value.details
     files = sorted(str(p.relative_to(waiting.state_dir)) for p in waiting.state_dir.rglob("*"))
     assert files == waiting.files
     assert not MARKER.exists(), "the selector unpickled a pushed tensor"
 
 
-def _refused(waiting: Waiting, records: list[TensorRecord]) -> SelectorRpcError:
+def _refused(waiting: Waiting, records: list[TensorRecord]) -> SelectorError:
     """Push ``records`` for epoch 1 and return the error it must raise."""
-    with pytest.raises(SelectorRpcError) as info:
+    with pytest.raises(SelectorError) as info:
         waiting.client.push_weights(waiting.job_id, epoch=1, version=3, records=records)
     return info.value
 
@@ -189,7 +188,7 @@ def test_a_pickle_payload_as_tensor_data_is_refused(waiting: Waiting, name: str,
     records = [r for r in waiting.good if r.name != name]
     shape = next((r.shape for r in waiting.good if r.name == name), (len(PICKLE),))
     error = _refused(waiting, [*records, TensorRecord(name, dtype, shape, PICKLE)])
-    assert error.code == grpc.StatusCode.INVALID_ARGUMENT and message in error.details, error
+    assert error.status == Status.INVALID_ARGUMENT and message in error.details, error
     _assert_nothing_committed(waiting)
 
 
@@ -205,7 +204,7 @@ def test_a_tensor_named_like_a_path_is_refused(waiting: Waiting, name: str, how:
     targets = {(base / name.replace("\0", "")).resolve() for base in bases}
     existed = {target for target in targets if target.exists()}
     error = _refused(waiting, [*others, TensorRecord(name, fc.dtype, fc.shape, fc.data)])
-    assert error.code == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert error.status == Status.INVALID_ARGUMENT, error
     assert "is not a dotted module path" in error.details, error
     _assert_nothing_committed(waiting)
     assert {target for target in targets if target.exists()} == existed  # nothing written
@@ -215,5 +214,6 @@ def test_after_the_refused_pushes_good_weights_are_committed(waiting: Waiting) -
     """The refused pushes left no trace: the good push starts round 0 and it is served."""
     ack = waiting.client.push_weights(waiting.job_id, epoch=1, version=4, records=waiting.good)
     assert ack.round == 0 and not ack.already_done
-    header, indices = waiting.client.get_selection(waiting.job_id, 1, 0, 1, timeout=120)
+    header = waiting.client.get_selection(waiting.job_id, 1, 0, 1, timeout=120)
+    indices = header.indices
     assert header.weights_version == 4 and len(indices) == header.global_count == 1200

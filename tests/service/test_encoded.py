@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 
-import grpc
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -29,11 +28,11 @@ from dynams_service import (
     score,
     select,
 )
-from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.client import Reason, RoundInfo, SelectorClient, SelectorError, Status
 from dynams_service.core.decoders import ImageDecoder, Normalizer
+from dynams_service.core.job import RoundState, SelectionKind
 from dynams_service.core.proxy import build_proxy, export_psp
 from dynams_service.core.shards import decode_samples, read_shards
-from dynams_service.protocol import ROUND_FAILED, pb
 
 from ..core.test_stream import corrupt_row
 from .conftest import canonical_from_parts, gather
@@ -55,11 +54,11 @@ def resnet():
     return build_architecture("cifar-resnet18").eval()
 
 
-def wait_round(client: SelectorClient, job_id: str, timeout: float = 180) -> pb.Round:
+def wait_round(client: SelectorClient, job_id: str, timeout: float = 180) -> RoundInfo:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         rnd = client.get_job(job_id).rounds[0]
-        if rnd.state in (pb.ROUND_STATE_DONE, pb.ROUND_STATE_FAILED):
+        if rnd.state in (RoundState.DONE, RoundState.FAILED):
             return rnd
         time.sleep(0.2)
     raise AssertionError(f"round 0 of {job_id} still {rnd.state} after {timeout}s")
@@ -81,7 +80,7 @@ def test_jpeg_round_streams_and_matches_the_core(server_factory, jpeg_shards, re
         assert list(job.epoch_sizes) == [600, 180, 180]
         client.push_weights(spec.job_id, epoch=1, version=1, records=records)
         headers, parts = zip(*gather(client, spec.job_id, 1, world_size=2), strict=True)
-        assert all(h.kind == pb.SELECTION_KIND_SUBSET for h in headers)
+        assert all(h.kind == SelectionKind.SUBSET for h in headers)
         selections[cache] = np.sort(canonical_from_parts(list(parts), 180))
         scorers = client.get_job(spec.job_id).scorer_status
         assert sum(s.rows for s in scorers) == 600
@@ -102,13 +101,13 @@ def test_corrupt_image_fails_the_round_naming_shard_and_row(server_factory, jpeg
     client.create_job(spec)  # labels and layout are fine; the bad pixels show when scored
     client.push_weights(spec.job_id, epoch=1, version=1, records=export_psp(resnet, 0.25))
     rnd = wait_round(client, spec.job_id)
-    assert rnd.state == pb.ROUND_STATE_FAILED
+    assert rnd.state == RoundState.FAILED
     assert "shard-00002.parquet row 11 (dataset index 411)" in rnd.error
     assert "Traceback" not in rnd.error
-    with pytest.raises(SelectorRpcError) as info:
+    with pytest.raises(SelectorError) as info:
         client.get_selection(spec.job_id, 1, 0, 1, timeout=10)
-    assert info.value.code == grpc.StatusCode.INTERNAL
-    assert info.value.reason == ROUND_FAILED  # what the sampler switches on
+    assert info.value.status == Status.INTERNAL
+    assert info.value.reason == Reason.ROUND_FAILED  # what the sampler switches on
     assert "shard-00002.parquet row 11" in info.value.details
 
 
@@ -119,9 +118,9 @@ def test_unregistered_decoder_is_invalid_argument(server_factory, jpeg_shards, t
     manifest["decoder"] = {"name": "webdataset-tar", "size": [3, 32, 32]}
     (uri / "dynams-dataset.json").write_text(json.dumps(manifest))
     client = SelectorClient(server_factory().address)
-    with pytest.raises(SelectorRpcError) as info:
+    with pytest.raises(SelectorError) as info:
         client.create_job(image_spec(jpeg_shards, "jpeg-unknown-decoder", uri=str(uri)))
-    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.status == Status.INVALID_ARGUMENT
     assert "unknown decoder 'webdataset-tar'" in info.value.details
     assert "'image'" in info.value.details  # lists what is registered
 
@@ -129,9 +128,9 @@ def test_unregistered_decoder_is_invalid_argument(server_factory, jpeg_shards, t
 def test_architecture_that_cannot_read_the_samples_is_invalid_argument(server_factory,
                                                                        jpeg_shards):
     client = SelectorClient(server_factory().address)
-    with pytest.raises(SelectorRpcError) as info:
+    with pytest.raises(SelectorError) as info:
         client.create_job(image_spec(jpeg_shards, "jpeg-wrong-arch", architecture="fmnist-cnn"))
-    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.status == Status.INVALID_ARGUMENT
     assert "cannot read this dataset's samples of shape [3, 32, 32]" in info.value.details
 
 

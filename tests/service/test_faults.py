@@ -16,11 +16,12 @@ import ray
 import torch
 
 from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy, score, select
-from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.client import SelectorClient, SelectorError, Status
+from dynams_service.core.job import RoundState
 from dynams_service.core.proxy import TensorRecord, build_proxy, export_psp
 from dynams_service.core.shards import decode_samples, read_shards
 from dynams_service.proto.dynams.v1 import selector_pb2_grpc
-from dynams_service.protocol import pb, records_to_chunks
+from dynams_service.protocol import records_to_chunks
 
 from .conftest import Selector, make_spec
 
@@ -70,12 +71,13 @@ def test_scorer_killed_mid_round_gives_the_identical_round(server_factory, fashi
         ray.kill(victim, no_restart=True)
     else:
         os.kill(pid, signal.SIGKILL)
-    header, got = client.get_selection(spec.job_id, 1, 0, 1, timeout=600)
+    header = client.get_selection(spec.job_id, 1, 0, 1, timeout=600)
+    got = header.indices
     elapsed = time.perf_counter() - started
     assert header.weights_version == 1
     assert np.array_equal(np.sort(got), expected(fashion_mnist_shards, trained_model))
     status = client.get_job(spec.job_id)
-    assert status.rounds[0].state == pb.ROUND_STATE_DONE
+    assert status.rounds[0].state == RoundState.DONE
     print(f"\n{how}: round with a killed scorer took {elapsed:.1f}s")
 
 
@@ -93,9 +95,10 @@ def test_one_jobs_faults_leave_another_job_alone(server_factory, small_shards,
         times = []
         for i in range(n):
             start = time.perf_counter()
-            header, part = client.get_selection("healthy", 1, i % 2, 2)
+            header = client.get_selection("healthy", 1, i % 2, 2)
+            part = header.indices
             times.append(time.perf_counter() - start)
-            assert header == reference[i % 2][0] and np.array_equal(part, reference[i % 2][1])
+            assert header == reference[i % 2] and np.array_equal(part, reference[i % 2].indices)
         return statistics.median(times) * 1e3
 
     quiet = healthy_latency()
@@ -105,9 +108,9 @@ def test_one_jobs_faults_leave_another_job_alone(server_factory, small_shards,
     def make_trouble() -> None:
         bad = [TensorRecord("fc.weight", "float32", (3,), b"\x00" * 12)]
         while not stop.is_set():
-            with pytest.raises(SelectorRpcError):
+            with pytest.raises(SelectorError):
                 client.push_weights("troubled", 1, 5, bad)
-            with pytest.raises(SelectorRpcError):
+            with pytest.raises(SelectorError):
                 client.get_selection("troubled", 9, 0, 1)
         trouble_done.append(True)
 
@@ -131,11 +134,12 @@ def assert_round0_kept_and_round1_waiting(client: SelectorClient, job_id: str,
                                           round0: list) -> None:
     """After a restart: round 0 answers exactly as before, round 1 still needs weights."""
     status = client.get_job(job_id)
-    assert [r.state for r in status.rounds[:2]] == [pb.ROUND_STATE_DONE,
-                                                   pb.ROUND_STATE_WAITING_FOR_WEIGHTS]
+    assert [r.state for r in status.rounds[:2]] == [RoundState.DONE,
+                                                   RoundState.WAITING]
     for rank in range(2):
-        header, part = client.get_selection(job_id, 1, rank, 2)
-        assert header == round0[rank][0] and np.array_equal(part, round0[rank][1])
+        header = client.get_selection(job_id, 1, rank, 2)
+        part = header.indices
+        assert header == round0[rank] and np.array_equal(part, round0[rank].indices)
 
 
 def test_selector_sigkilled_during_push_and_round(ray_cluster, fashion_mnist_shards,
@@ -185,12 +189,13 @@ def test_selector_sigkilled_during_push_and_round(ray_cluster, fashion_mnist_sha
         client = SelectorClient(third.address)
         assert not list(state.rglob(".tmp-*"))
         assert_round0_kept_and_round1_waiting(client, spec.job_id, round0)  # 1 not done
-        with pytest.raises(SelectorRpcError) as info:
+        with pytest.raises(SelectorError) as info:
             client.get_selection(spec.job_id, 2, 0, 1)
-        assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert info.value.status == Status.FAILED_PRECONDITION
         ack = client.push_weights(spec.job_id, 2, 2, export_psp(second_model, 0.25))
         assert not ack.already_done
-        header, got = client.get_selection(spec.job_id, 2, 0, 1, timeout=600)
+        header = client.get_selection(spec.job_id, 2, 0, 1, timeout=600)
+        got = header.indices
         assert header.weights_version == 2
         assert np.array_equal(np.sort(got), expected(fashion_mnist_shards, second_model))
     finally:

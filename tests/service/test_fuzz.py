@@ -127,7 +127,7 @@ def live(ray_cluster, small_shards, trained_model, tmp_path_factory) -> Iterator
         with SelectorClient(server.address, retries=0) as client:
             client.create_job(spec)
             client.push_weights(HEALTHY, epoch=1, version=1, records=good)
-            _, first = client.get_selection(HEALTHY, 1, 0, 1, timeout=120)
+            first = client.get_selection(HEALTHY, 1, 0, 1, timeout=120).indices
         stub = selector_pb2_grpc.SelectorStub(channel)
         yield Live(server, state_dir, stub, spec_to_proto(spec), spec.dataset_uri, good,
                    proxy_schema("fmnist-cnn", 0.25), frozenset(first.tolist()),

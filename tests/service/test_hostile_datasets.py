@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.client import SelectorClient, SelectorError
 from dynams_service.core.shards import MANIFEST_NAME
 
 from .conftest import Selector, make_spec
@@ -23,8 +23,8 @@ C = grpc.StatusCode
 def code_of(call) -> tuple[grpc.StatusCode, str]:
     try:
         call()
-    except SelectorRpcError as exc:
-        return exc.code, exc.details
+    except SelectorError as exc:
+        return C[exc.status.value], exc.details
     return C.OK, ""
 
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import shutil
 
-import grpc
 import numpy as np
 import pytest
 
 from dynams_service import ScorerResources
-from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.client import SelectorClient, SelectorError, Status
+from dynams_service.core.job import JobState
 from dynams_service.core.shards import DatasetManifest, write_shards
-from dynams_service.protocol import pb
 from dynams_service.service.coordinator import JobCoordinator
 from dynams_service.service.dataset_identity import DatasetEncoding
 from dynams_service.service.store import StateStore
@@ -51,23 +50,23 @@ def test_a_dataset_rewritten_with_another_shape_is_another_job(server_factory, t
 
     halved = write(uri, np.ascontiguousarray(images[:, :, ::2, ::2]), labels)
     assert halved.fingerprint == manifest.fingerprint  # same rows and labels: same spec
-    with pytest.raises(SelectorRpcError) as info:
+    with pytest.raises(SelectorError) as info:
         client.create_job(spec)
-    assert info.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert info.value.status == Status.ALREADY_EXISTS
     assert "sample shape [1, 28, 28] -> [1, 14, 14]" in info.value.details
 
     server.stop(grace=0)  # a restart finds the job's dataset changed under it
     client = SelectorClient(server_factory(state_dir=state).address, retries=0)
     [job] = client.list_jobs()
-    assert job.state == pb.JOB_STATE_FAILED and "[1, 28, 28] -> [1, 14, 14]" in job.error
-    with pytest.raises(SelectorRpcError) as info:
+    assert job.state == JobState.FAILED and "[1, 28, 28] -> [1, 14, 14]" in job.error
+    with pytest.raises(SelectorError) as info:
         client.create_job(spec)
-    assert info.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert info.value.status == Status.ALREADY_EXISTS
     assert "[1, 28, 28] -> [1, 14, 14]" in info.value.details
     assert client.delete_job("reshaped")
-    with pytest.raises(SelectorRpcError) as info:  # deleted: the new dataset is checked
+    with pytest.raises(SelectorError) as info:  # deleted: the new dataset is checked
         client.create_job(spec)
-    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.status == Status.INVALID_ARGUMENT
     assert "samples of shape [1, 14, 14]" in info.value.details
 
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import threading
 
-import grpc
 import pytest
 
-from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.client import SelectorClient, SelectorError, Status
 from dynams_service.core.registry import load_plugin_modules
 
 from .conftest import make_spec
@@ -46,7 +45,7 @@ def test_a_slow_dataset_blocks_only_its_own_job(server_factory, small_shards, ga
     def create(key: str) -> None:
         try:
             outcome[key] = client.create_job(slow, timeout=300)
-        except SelectorRpcError as exc:  # reported, and the asserts below say which
+        except SelectorError as exc:  # reported, and the asserts below say which
             outcome[key] = exc
 
     first = threading.Thread(target=create, args=("first",))
@@ -61,9 +60,9 @@ def test_a_slow_dataset_blocks_only_its_own_job(server_factory, small_shards, ga
     assert client.get_job("existing").spec.job_id == "existing"
     listed = [job.spec.job_id for job in client.list_jobs()]
     assert listed == ["beside", "existing"]  # "slow" is not created yet
-    with pytest.raises(SelectorRpcError) as refused:  # another spec under the held id
+    with pytest.raises(SelectorError) as refused:  # another spec under the held id
         client.create_job(light(small_shards, "slow"), timeout=60)
-    assert refused.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert refused.value.status == Status.ALREADY_EXISTS
     assert first.is_alive() and twin.is_alive() and not outcome
 
     gate.GATE.set()

@@ -17,7 +17,8 @@ import ray
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dynams_service import ScorerResources
-from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.client import SelectorClient, SelectorError
+from dynams_service.core.job import JobState
 from dynams_service.core.proxy import export_psp
 from dynams_service.core.shards import write_shards
 from dynams_service.proto.dynams.v1 import selector_pb2_grpc
@@ -45,9 +46,9 @@ def eventually(check: Callable[[], bool], what: str, limit: float = 120.0) -> No
 
 
 def code_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(SelectorRpcError) as info:
+    with pytest.raises(SelectorError) as info:
         call()
-    return info.value.code, info.value.details
+    return C[info.value.status.value], info.value.details
 
 
 def with_resources(spec, **resources):
@@ -197,7 +198,7 @@ def test_long_calls_are_capped_per_peer_and_short_calls_still_run(server_factory
         thread.join()
     assert [r["code"] for r in results] == [C.OK, C.OK]
     assert server.calls.active() == 0
-    assert len(client.get_selection("capped", 1, 0, 1, timeout=300)[1]) == 1200
+    assert len(client.get_selection("capped", 1, 0, 1, timeout=300).indices) == 1200
 
 
 def test_forty_slow_pushes_starve_no_one(server_factory, small_shards, trained_model):
@@ -228,9 +229,10 @@ def test_forty_slow_pushes_starve_no_one(server_factory, small_shards, trained_m
     for thread in threads:
         thread.join()
     assert sum(r["code"] == C.OK for r in results) == cap
-    header, part = client.get_selection("starved", 0, 0, 1, timeout=10)  # a full epoch
+    header = client.get_selection("starved", 0, 0, 1, timeout=10)  # a full epoch
+    part = header.indices
     assert len(part) == 4000
-    assert len(client.get_selection("starved", 1, 0, 1, timeout=300)[1]) == 1200  # pushed
+    assert len(client.get_selection("starved", 1, 0, 1, timeout=300).indices) == 1200  # pushed
 
 
 def test_an_idle_push_is_cancelled_and_frees_its_slot(server_factory, small_shards,
@@ -248,7 +250,7 @@ def test_an_idle_push_is_cancelled_and_frees_its_slot(server_factory, small_shar
     eventually(lambda: server.calls.active() == 0, "the slot is free")
     ack = client.push_weights("idle-push", 1, 1, export_psp(trained_model, 0.25))
     assert ack.round == 0
-    assert len(client.get_selection("idle-push", 1, 0, 1, timeout=300)[1]) == 1200
+    assert len(client.get_selection("idle-push", 1, 0, 1, timeout=300).indices) == 1200
 
 
 def test_a_selection_stream_whose_client_stops_reading_is_cancelled(server_factory,
@@ -284,9 +286,10 @@ def test_idle_jobs_release_their_scorers_and_a_push_brings_them_back(server_fact
     client.create_job(spec)
     assert len(scorers_of("ttl")) == 2
     eventually(lambda: not scorers_of("ttl"), "the idle job's scorers were released")
-    assert client.get_job("ttl").state == pb.JOB_STATE_IDLE
+    assert client.get_job("ttl").state == JobState.IDLE
     client.push_weights("ttl", 1, 1, export_psp(trained_model, 0.25))
-    header, part = client.get_selection("ttl", 1, 0, 1, timeout=300)
+    header = client.get_selection("ttl", 1, 0, 1, timeout=300)
+    part = header.indices
     assert header.weights_version == 1 and len(part) == 1200 and len(np.unique(part)) == 1200
 
 

@@ -54,7 +54,8 @@ def finished_round(request, server_factory, small_shards, trained_model):
     client.create_job(make_spec(small_shards, job_id=job_id))
     ack = client.push_weights(job_id, epoch=1, version=VERSION,
                               records=export_psp(trained_model, 0.25))
-    header, _ = client.get_selection(job_id, 1, 0, 1, timeout=120)
+    header = client.get_selection(job_id, 1, 0, 1, timeout=120)
+    _ = header.indices
     assert header.weights_version == VERSION
     yield server, client, job_id, ack
     client.close()

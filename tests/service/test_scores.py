@@ -3,12 +3,11 @@ selects in the real scorer processes; unknown names are refused at CreateJob."""
 
 from __future__ import annotations
 
-import grpc
 import numpy as np
 import pytest
 import torch
 
-from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.client import SelectorClient, SelectorError, Status
 from dynams_service.core.proxy import build_proxy, export_psp
 from dynams_service.core.scoring import score
 from dynams_service.core.selection import select
@@ -20,9 +19,9 @@ from .conftest import Selector, canonical_from_parts, gather, make_spec
 def test_unknown_score_is_invalid_argument_naming_the_known_ones(server_factory,
                                                                  small_shards):
     client = SelectorClient(server_factory().address)
-    with pytest.raises(SelectorRpcError) as info:
+    with pytest.raises(SelectorError) as info:
         client.create_job(make_spec(small_shards, job_id="unknown-score", score="cosine"))
-    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.status == Status.INVALID_ARGUMENT
     assert ("policy.score: unknown score 'cosine'; registered: "
             "['distance', 'el2n', 'loss', 'signed']") in info.value.details
     assert all(j.spec.job_id != "unknown-score" for j in client.list_jobs())
@@ -35,9 +34,9 @@ def test_operator_score_loads_with_models_flag_and_selects(tmp_path, ray_cluster
     selector = Selector(tmp_path / "state", "--models", "tests.service.score_plugin")
     try:
         client = SelectorClient(selector.address)
-        with pytest.raises(SelectorRpcError) as info:
+        with pytest.raises(SelectorError) as info:
             client.create_job(make_spec(small_shards, job_id="typo", score="true-logits"))
-        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.status == Status.INVALID_ARGUMENT
         assert "'true-logit'" in info.value.details  # the operator's name is listed
 
         spec = make_spec(small_shards, job_id="custom-score", score="true-logit",

@@ -10,24 +10,24 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.client import SelectorClient, SelectorError, Status
 from dynams_service.proto import generate
 
 
 def test_token_is_required_except_for_health(server_factory):
     server = server_factory(token="s3cret-token")
     with SelectorClient(server.address, retries=0) as anonymous:
-        with pytest.raises(SelectorRpcError) as info:
+        with pytest.raises(SelectorError) as info:
             anonymous.list_jobs()
-        assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert info.value.status == Status.UNAUTHENTICATED
         assert "s3cret" not in info.value.details
-        with pytest.raises(SelectorRpcError) as info:
+        with pytest.raises(SelectorError) as info:
             anonymous.get_selection("x", 0, 0, 1)
-        assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert info.value.status == Status.UNAUTHENTICATED
     with SelectorClient(server.address, token="wrong", retries=0) as wrong, \
-            pytest.raises(SelectorRpcError) as info:
+            pytest.raises(SelectorError) as info:
         wrong.push_weights("x", 1, 1, [])
-    assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert info.value.status == Status.UNAUTHENTICATED
     with SelectorClient(server.address, token="s3cret-token") as good:
         assert good.list_jobs() == []
     channel = grpc.insecure_channel(server.address)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import grpc
+import threading
+import time
+
 import numpy as np
 import pytest
 
 from dynams_service import score, select
-from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.client import Reason, SelectorClient, SelectorError, Status
+from dynams_service.core.job import RoundState, SelectionKind
 from dynams_service.core.partition import epoch_order
 from dynams_service.core.proxy import build_proxy, export_psp
 from dynams_service.core.shards import decode_samples, read_shards
-from dynams_service.protocol import WEIGHTS_NOT_PUSHED, pb
 
 from .conftest import canonical_from_parts, gather, make_spec
 
@@ -45,7 +47,7 @@ def test_round_equals_the_in_process_core(job_with_round, small_shards, trained_
 
     answers = gather(client, spec.job_id, epoch=1, world_size=2)
     headers, parts = zip(*answers, strict=True)
-    assert all(h.kind == pb.SELECTION_KIND_SUBSET and h.weights_version == 11 for h in headers)
+    assert all(h.kind == SelectionKind.SUBSET and h.weights_version == 11 for h in headers)
     assert all(h.global_count == 1200 for h in headers)
     assert [len(p) for p in parts] == [600, 600]
     assert not set(parts[0]) & set(parts[1])
@@ -54,7 +56,7 @@ def test_round_equals_the_in_process_core(job_with_round, small_shards, trained_
     assert np.array_equal(canonical, epoch_order(expected, seed=7, epoch=1))
 
     status = client.get_job(spec.job_id)
-    assert status.rounds[0].state == pb.ROUND_STATE_DONE and status.rounds[0].selected == 1200
+    assert status.rounds[0].state == RoundState.DONE and status.rounds[0].selected == 1200
 
 
 @pytest.mark.parametrize(("world_size", "drop_last"), [(7, False), (7, True), (1, False)])
@@ -72,23 +74,42 @@ def test_rank_parts_follow_distributed_sampler(job_with_round, world_size, drop_
 
 def test_full_epochs_need_no_weights_and_unpushed_rounds_say_so(job_with_round):
     _, client, spec, _, _ = job_with_round
-    header, part = client.get_selection(spec.job_id, 0, 0, 1)
-    assert header.kind == pb.SELECTION_KIND_FULL and header.round == -1
+    header = client.get_selection(spec.job_id, 0, 0, 1)
+    part = header.indices
+    assert header.kind == SelectionKind.FULL and header.round == -1
     assert np.array_equal(np.sort(part), np.arange(4000))
-    with pytest.raises(SelectorRpcError) as info:
-        client.get_selection(spec.job_id, 2, 0, 1)
-    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "no weights pushed yet for round 1" in info.value.details
-    assert info.value.reason == WEIGHTS_NOT_PUSHED  # what clients switch on, not the text
+    with pytest.raises(SelectorError) as info:
+        client.get_selection(spec.job_id, 2, 0, 1, timeout=2.0)  # waits for weights
+    assert info.value.status == Status.FAILED_PRECONDITION
+    assert "no weights pushed for round 1 (epoch 2) within 1.8s" in info.value.details
+    assert info.value.reason == Reason.WEIGHTS_NOT_PUSHED  # what clients switch on
+
+
+def test_a_rank_waits_for_the_weights_in_one_call(job_with_round, trained_model):
+    """GetSelection before the push waits on the selector for the weights and the
+    scoring: the answer arrives once rank 0 pushes, without polling."""
+    _, client, spec, _, _ = job_with_round
+    answer: list = []
+    waiting = threading.Thread(target=lambda: answer.append(
+        client.get_selection(spec.job_id, 2, 1, 2, timeout=120)))
+    waiting.start()
+    time.sleep(1.0)
+    assert waiting.is_alive() and not answer  # nothing pushed yet: still waiting
+    client.push_weights(spec.job_id, epoch=2, version=5, records=export_psp(trained_model,
+                                                                            0.25))
+    waiting.join(timeout=120)
+    assert answer and answer[0].kind == SelectionKind.SUBSET and answer[0].round == 1
+    assert answer[0].weights_version == 5
 
 
 def test_pushing_again_changes_nothing(job_with_round, trained_model):
     _, client, spec, _, _ = job_with_round
-    before = client.get_selection(spec.job_id, 1, 0, 1, timeout=120)[1]
+    before = client.get_selection(spec.job_id, 1, 0, 1, timeout=120).indices
     model = trained_model
     ack = client.push_weights(spec.job_id, epoch=1, version=12, records=export_psp(model, 0.25))
     assert ack.already_done
-    header, after = client.get_selection(spec.job_id, 1, 0, 1)
+    header = client.get_selection(spec.job_id, 1, 0, 1)
+    after = header.indices
     assert header.weights_version == 11 and np.array_equal(before, after)
 
 
@@ -101,11 +122,11 @@ def test_restart_serves_the_same_answers(server_factory, job_with_round, tmp_pat
         after = gather(again, spec.job_id, 1, world_size=3)
         for (h1, p1), (h2, p2) in zip(before, after, strict=True):
             assert h1 == h2 and np.array_equal(p1, p2)
-        assert again.get_job(spec.job_id).rounds[0].state == pb.ROUND_STATE_DONE
+        assert again.get_job(spec.job_id).rounds[0].state == RoundState.DONE
         # The identical spec is still accepted; a changed one is not.
         again.create_job(spec)
-        with pytest.raises(SelectorRpcError) as info:
+        with pytest.raises(SelectorError) as info:
             again.create_job(spec.model_copy(update={"epochs": 9}))
-        assert info.value.code == grpc.StatusCode.ALREADY_EXISTS
+        assert info.value.status == Status.ALREADY_EXISTS
         assert "(it differs in epochs)" in info.value.details
         assert f"`dynams job delete {spec.job_id}`" in info.value.details

@@ -20,12 +20,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import grpc
-import numpy as np
 import pytest
 import ray
 
 from dynams_service import ScorerResources
-from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.client import SelectorClient, SelectorError
 from dynams_service.core.proxy import export_psp
 
 from .conftest import Selector, make_spec
@@ -55,8 +54,8 @@ class Soak:
 def call(soak: Soak, fn):
     try:
         result = fn()
-    except SelectorRpcError as exc:
-        soak.codes[exc.code] += 1
+    except SelectorError as exc:
+        soak.codes[C[exc.status.value]] += 1
         return None
     soak.codes[C.OK] += 1
     return result
@@ -108,10 +107,10 @@ def lost_rounds(soak: Soak, selector: Selector) -> list[tuple[str, int]]:
     client = SelectorClient(selector.address, retries=2, timeout=120)
     lost = []
     for (job_id, epoch), parts in sorted(soak.answers.items()):
-        for rank, (header, indices) in enumerate(parts):
+        for rank, answer in enumerate(parts):
             again = call(soak, lambda j=job_id, e=epoch, r=rank: client.get_selection(
                 j, e, r, WORLD))
-            if again is None or again[0] != header or not np.array_equal(again[1], indices):
+            if again != answer:
                 lost.append((job_id, epoch))
                 break
     client.close()

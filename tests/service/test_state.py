@@ -11,7 +11,8 @@ import pytest
 
 from dynams_service import JobSpec, ScorerResources
 from dynams_service.cli import main as dynams_main
-from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.client import SelectorClient, SelectorError, Status
+from dynams_service.core.job import JobState
 from dynams_service.core.shards import read_manifest
 from dynams_service.protocol import pb
 from dynams_service.service.dataset_identity import DatasetEncoding
@@ -46,15 +47,16 @@ def test_corrupt_state_quarantines_only_that_job(server_factory, small_shards, t
 
     server = server_factory(state_dir=state)
     client = SelectorClient(server.address, retries=0)
-    jobs = {j.spec.job_id: j for j in client.list_jobs()}
-    assert jobs["good"].state == pb.JOB_STATE_IDLE and jobs["good"].rounds_done == 1
+    jobs = {j.job_id: j for j in client.list_jobs()}
+    assert jobs["good"].state == JobState.IDLE and jobs["good"].rounds_done == 1
     for bad, file in (("bad-round", "round-00000.arrow"), ("bad-spec", "spec.json")):
-        assert jobs[bad].state == pb.JOB_STATE_FAILED and file in jobs[bad].error
-        with pytest.raises(SelectorRpcError) as info:
+        assert jobs[bad].state == JobState.FAILED and file in jobs[bad].error
+        with pytest.raises(SelectorError) as info:
             client.get_selection(bad, 1, 0, 1)
-        assert info.value.code == C.FAILED_PRECONDITION
+        assert info.value.status == Status.FAILED_PRECONDITION
         assert "could not be restored" in info.value.details
-    header, part = client.get_selection("good", 1, 0, 1)
+    header = client.get_selection("good", 1, 0, 1)
+    part = header.indices
     assert header.weights_version == 7 and sorted(part.tolist()) == list(range(1200))
 
     assert dynams_main(["status", "--address", server.address]) == 0
@@ -65,9 +67,9 @@ def test_corrupt_state_quarantines_only_that_job(server_factory, small_shards, t
     assert client.delete_job("bad-round")
     assert not (state / "jobs/bad-round").exists()
     spec = make_spec(small_shards, "bad-spec").model_copy(update={"resources": NO_CPU})
-    with pytest.raises(SelectorRpcError) as info:
+    with pytest.raises(SelectorError) as info:
         client.create_job(spec)
-    assert info.value.code == C.ALREADY_EXISTS and "delete it first" in info.value.details
+    assert info.value.status == Status.ALREADY_EXISTS and "delete it first" in info.value.details
 
 
 def test_a_job_whose_dataset_vanished_is_listed_failed_and_resumes_when_created_again(
@@ -81,14 +83,15 @@ def test_a_job_whose_dataset_vanished_is_listed_failed_and_resumes_when_created_
     server = server_factory(state_dir=tmp_path / "state")
     client = SelectorClient(server.address, retries=0)
     [job] = client.list_jobs()
-    assert job.state == pb.JOB_STATE_FAILED and "cannot restore" in job.error
-    with pytest.raises(SelectorRpcError) as info:
+    assert job.state == JobState.FAILED and "cannot restore" in job.error
+    with pytest.raises(SelectorError) as info:
         client.create_job(spec)  # still missing: still failed
-    assert info.value.code == C.NOT_FOUND
-    assert client.list_jobs()[0].state == pb.JOB_STATE_FAILED
+    assert info.value.status == Status.NOT_FOUND
+    assert client.list_jobs()[0].state == JobState.FAILED
     (tmp_path / "elsewhere").rename(data)
     assert client.create_job(spec).rounds_done == 1  # resumed with its saved round
-    header, part = client.get_selection("moved", 1, 0, 1)
+    header = client.get_selection("moved", 1, 0, 1)
+    part = header.indices
     assert header.weights_version == 7 and sorted(part.tolist()) == list(range(1200))
 
 
@@ -99,9 +102,9 @@ def test_delete_on_a_read_only_state_dir_is_an_error(server_factory, small_shard
     server = server_factory(state_dir=state)
     client = SelectorClient(server.address, retries=0)
     immutable(state / "jobs")
-    with pytest.raises(SelectorRpcError) as info:
+    with pytest.raises(SelectorError) as info:
         client.delete_job("kept")
-    assert info.value.code == C.INTERNAL and "the job is kept" in info.value.details
+    assert info.value.status == Status.INTERNAL and "the job is kept" in info.value.details
     assert [j.spec.job_id for j in client.list_jobs()] == ["kept"]
     assert (state / "jobs/kept/spec.json").exists()
 
@@ -125,9 +128,9 @@ def test_list_jobs_is_summaries_in_pages_whatever_the_jobs_length(server_factory
     assert [j.spec.job_id for j in jobs] == [f"long-{i}" for i in range(4)]
     detail = client.get_job("long-3")
     assert len(detail.rounds) == 99_999 and len(detail.epoch_sizes) == 100_000
-    with pytest.raises(SelectorRpcError) as info:
+    with pytest.raises(SelectorError) as info:
         client.get_job("nope")
-    assert info.value.code == C.NOT_FOUND and "long-" not in info.value.details  # no id list
+    assert info.value.status == Status.NOT_FOUND and "long-" not in info.value.details  # no id list
     with pytest.raises(grpc.RpcError) as raw:
         client._stub.ListJobs(pb.ListJobsRequest(page_size=5000), timeout=30)
     assert raw.value.code() == C.INVALID_ARGUMENT

@@ -10,14 +10,13 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from dynams_service.client import SelectorClient, SelectorRpcError
+from dynams_service.client import SelectorClient, SelectorError, Status
 from dynams_service.service.server import TLSFiles
 
 _KEY_USAGE = {"content_commitment": False, "key_encipherment": False,
@@ -107,9 +106,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
                server=TLSFiles(cert=_write_cert(root / "server.pem", server_cert), key=key_path))
 
 
-def _code(call) -> SelectorRpcError:
-    """The SelectorRpcError a call raises."""
-    with pytest.raises(SelectorRpcError) as info:
+def _code(call) -> SelectorError:
+    """The SelectorError a call raises."""
+    with pytest.raises(SelectorError) as info:
         call()
     return info.value
 
@@ -119,16 +118,16 @@ def test_a_client_trusting_the_ca_connects(server_factory, pki: PKI) -> None:
     server = server_factory(tls=pki.server)
     with SelectorClient(server.address, tls_ca=pki.ca, retries=0, timeout=30) as client:
         assert client.list_jobs() == []
-        assert _code(lambda: client.get_job("nope")).code == grpc.StatusCode.NOT_FOUND
+        assert _code(lambda: client.get_job("nope")).status == Status.NOT_FOUND
 
 
 def test_plaintext_and_untrusted_clients_cannot_connect(server_factory, pki: PKI) -> None:
     """A plaintext client and a client trusting another CA fail the handshake: UNAVAILABLE."""
     server = server_factory(tls=pki.server)
     with SelectorClient(server.address, retries=0, timeout=10) as plaintext:
-        assert _code(plaintext.list_jobs).code == grpc.StatusCode.UNAVAILABLE
+        assert _code(plaintext.list_jobs).status == Status.UNAVAILABLE
     with SelectorClient(server.address, tls_ca=pki.other_ca, retries=0, timeout=10) as other:
-        assert _code(other.list_jobs).code == grpc.StatusCode.UNAVAILABLE
+        assert _code(other.list_jobs).status == Status.UNAVAILABLE
     with SelectorClient(server.address, tls_ca=pki.ca, retries=0, timeout=30) as trusted:
         assert trusted.list_jobs() == []  # the failed handshakes left the server serving
 
@@ -147,14 +146,14 @@ def test_token_over_tls_is_checked_and_never_logged(server_factory, pki: PKI,
                      lambda: client.push_weights("x", 1, 1, []),
                      lambda: client.get_selection("x", 1, 0, 1)):
             error = _code(call)
-            assert error.code == grpc.StatusCode.UNAUTHENTICATED
+            assert error.status == Status.UNAUTHENTICATED
             assert token not in error.details and wrong not in error.details
     with SelectorClient(server.address, tls_ca=pki.ca, retries=0, timeout=30) as anonymous:
-        assert _code(anonymous.list_jobs).code == grpc.StatusCode.UNAUTHENTICATED
+        assert _code(anonymous.list_jobs).status == Status.UNAUTHENTICATED
     for ca in (None, pki.other_ca):  # the right token over a connection that never forms
         with SelectorClient(server.address, tls_ca=ca, token=token, retries=0,
                             timeout=10) as client:
-            assert _code(client.list_jobs).code == grpc.StatusCode.UNAVAILABLE
+            assert _code(client.list_jobs).status == Status.UNAVAILABLE
     with SelectorClient(server.address, tls_ca=pki.ca, token=token, retries=0,
                         timeout=30) as good:
         assert good.list_jobs() == []

@@ -4,14 +4,13 @@ round equals the core's selection with the pushed proxy."""
 
 from __future__ import annotations
 
-import grpc
 import numpy as np
 import pytest
 import torch
 from torchvision.models import resnet18
 
 from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy, ShardDataset
-from dynams_service.client import JointPSP, SelectorClient, SelectorRpcError, psp_loss
+from dynams_service.client import JointPSP, SelectorClient, SelectorError, Status, psp_loss
 from dynams_service.core.proxy import TensorRecord, build_proxy, export_psp
 from dynams_service.core.scoring import score
 from dynams_service.core.selection import select
@@ -58,9 +57,9 @@ def test_torchvision_resnet_round_through_dynams_serve(tmp_path, ray_cluster, jp
         client = SelectorClient(selector.address)
         refused = _spec(jpeg_shards, "tv-densenet121").model_copy(
             update={"proxy": ProxySpec(architecture="tv-densenet121", width=0.25)})
-        with pytest.raises(SelectorRpcError) as info:
+        with pytest.raises(SelectorError) as info:
             client.create_job(refused)
-        assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert info.value.status == Status.FAILED_PRECONDITION
         assert "architecture 'tv-densenet121' is registered on this selector but cannot be " \
                "built: DenseNet cannot be made slimmable" in info.value.details
         assert "a concatenation along channels" in info.value.details
@@ -71,9 +70,9 @@ def test_torchvision_resnet_round_through_dynams_serve(tmp_path, ray_cluster, jp
 
         bad = [TensorRecord.from_tensor(r.name, torch.zeros(3)) if r.name.endswith(
             "conv1.weight") else r for r in records]
-        with pytest.raises(SelectorRpcError) as info:
+        with pytest.raises(SelectorError) as info:
             client.push_weights(spec.job_id, epoch=1, version=1, records=bad)
-        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.status == Status.INVALID_ARGUMENT
         assert "body.conv1.weight" in info.value.details
 
         client.push_weights(spec.job_id, epoch=1, version=1, records=records)
