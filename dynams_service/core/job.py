@@ -31,6 +31,7 @@ class JobState(_Word):
     IDLE = "idle"          # no scorers now: before the first push, or released when idle
     FINISHED = "finished"  # every round selected, scorers released
     FAILED = "failed"      # its persisted state is unreadable: quarantined, delete it
+    DELETED = "deleted"    # gone: the selector's own end state, never reported
 
 
 class RoundState(_Word):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,9 @@ from ..protocol import MAX_MESSAGE_BYTES, pb
 from .calls import CallLimiter
 from .coordinator import JobCoordinator
 from .decoding import DecodingInterceptor
-from .lifetime import JobReaper
 from .limits import Limits
-from .scorer import JobScorers
+from .reaper import JobReaper
+from .scorer_api import ScorerFactory, start_ray_scorers
 from .servicer import SelectorServicer
 from .store import StateStore
 
@@ -97,7 +96,7 @@ class SelectorServer:
                  token: str | None = None, tls: TLSFiles | None = None,
                  max_workers: int = WORKERS, dashboard_url: str = "",
                  limits: Limits | None = None,
-                 scorer_factory: Callable[..., JobScorers] = JobScorers) -> None:
+                 scorer_factory: ScorerFactory = start_ray_scorers) -> None:
         self.limits = limits or Limits()
         check_workers(self.limits, max_workers)
         self.coordinator = JobCoordinator(StateStore(state_dir), limits=self.limits,
@@ -107,7 +106,9 @@ class SelectorServer:
         # Outermost first: auth, then the long-call caps, then decoding next to the handler.
         interceptors = [BearerTokenInterceptor(token)] if token else []
         interceptors += [self.calls, self.decoding]
-        self._reaper = JobReaper(self.coordinator, self.limits)
+        self._reaper = JobReaper(
+            lambda: self.coordinator.reap(self.limits.job_ttl, self.limits.job_expiry),
+            self.limits)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="dynams-rpc"),
             interceptors=interceptors,

@@ -100,7 +100,7 @@ def job_to_proto(status: JobStatus, dashboard_url: str = "") -> pb.Job:
     summary = status.summary
     return pb.Job(
         dashboard_url=dashboard_url,
-        state=JOB_STATES[summary.state] if summary else pb.JOB_STATE_UNSPECIFIED,
+        state=JOB_STATES[summary.state],
         rounds_total=len(status.rounds),
         rounds_done=sum(r.state is RoundState.DONE for r in status.rounds),
         scorer_status=[pb.ScorerStatus(**info) for info in status.scorer_infos],

@@ -92,14 +92,14 @@ def test_an_unplaceable_job_blocks_no_one_and_ends_at_the_callers_deadline(serve
 
     thread = threading.Thread(target=create_huge)
     thread.start()
-    eventually(lambda: "unplaceable" in server.coordinator._creating, "placement started")
+    eventually(lambda: "unplaceable" in server.coordinator.table.creating, "placement started")
     ok = with_resources(make_spec(small_shards, "placeable"), num_scorers=1, num_cpus=0)
     assert client.create_job(ok).spec.job_id == "placeable"
     assert client.get_job("placeable").spec.job_id == "placeable"
     assert thread.is_alive(), "the unplaceable job's placement should still be waiting"
     thread.join()
     assert result["code"] == C.DEADLINE_EXCEEDED
-    eventually(lambda: not server.coordinator._creating, "the creation ended on the server")
+    eventually(lambda: not server.coordinator.table.creating, "the creation ended on the server")
     assert not scorers_of("unplaceable")
     assert [j.spec.job_id for j in client.list_jobs()] == ["placeable"]
     groups = ray.util.placement_group_table().values()
@@ -116,7 +116,7 @@ def test_a_creation_whose_caller_left_keeps_nothing(server_factory, small_shards
     client = SelectorClient(server.address, retries=0)
     code, _ = code_of(lambda: client.create_job(spec, timeout=0.3))
     assert code == C.DEADLINE_EXCEEDED
-    eventually(lambda: not server.coordinator._creating, "the creation ended on the server")
+    eventually(lambda: not server.coordinator.table.creating, "the creation ended on the server")
     assert client.list_jobs() == [] and not scorers_of("gave-up")
     assert not (tmp_path / "state/jobs/gave-up").exists()
 
