@@ -8,7 +8,7 @@ SHARDS ?= data/fashion-mnist
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test demo lint data venv clean
+.PHONY: test test-fast demo lint data venv clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,12 @@ $(SHARDS)/train/dynams-dataset.json: $(STAMP) | data
 test: $(STAMP) data
 	$(VENV)/bin/ruff check .
 	DYNAMS_FASHION_MNIST_DIR=$(DATA_DIR) $(PY) -m pytest $(PYTEST_ARGS)
+
+# The tests that need neither Ray nor torchrun: the core, the client, the coordinator
+# with in-process scorers, the CLI, the docs (about a minute).
+test-fast: $(STAMP) data
+	$(VENV)/bin/ruff check .
+	DYNAMS_FASHION_MNIST_DIR=$(DATA_DIR) $(PY) -m pytest -m "not ray and not slow and not soak" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

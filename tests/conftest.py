@@ -134,3 +134,19 @@ def jpeg_grey_shards(fashion_mnist_dir) -> tuple[str, DatasetManifest]:
 
     uri = jpeg_dataset(1000, size=64, channels=1, rows_per_shard=250)
     return uri, read_manifest(uri)
+
+
+TORCHRUN_MODULES = {"test_ddp.py", "test_ddp_images.py", "test_resume.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark what needs more than this process, so ``-m 'not ray and not slow'`` runs the
+    fast tests alone (``make test`` runs everything): ``ray`` for a test on a local Ray
+    cluster (it uses ``ray_cluster``, directly or through ``server_factory``), ``slow``
+    for torchrun ranks and benchmark scripts."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+        path = item.path
+        if path.name in TORCHRUN_MODULES or path.parent.name == "benchmarks":
+            item.add_marker(pytest.mark.slow)
