@@ -22,6 +22,7 @@ from .calls import CallLimiter
 from .coordinator import JobCoordinator
 from .decoding import DecodingInterceptor
 from .limits import Limits
+from .metrics import Metrics
 from .reaper import JobReaper
 from .scorer_api import ScorerFactory, start_ray_scorers
 from .servicer import SelectorServicer
@@ -96,10 +97,13 @@ class SelectorServer:
                  token: str | None = None, tls: TLSFiles | None = None,
                  max_workers: int = WORKERS, dashboard_url: str = "",
                  limits: Limits | None = None,
-                 scorer_factory: ScorerFactory = start_ray_scorers) -> None:
+                 scorer_factory: ScorerFactory = start_ray_scorers,
+                 metrics: Metrics | None = None) -> None:
+        """``scorer_factory`` and ``metrics``: Ray actors and Ray metrics by default (see
+        ``JobCoordinator``)."""
         self.limits = limits or Limits()
         check_workers(self.limits, max_workers)
-        self.coordinator = JobCoordinator(StateStore(state_dir), limits=self.limits,
+        self.coordinator = JobCoordinator(StateStore(state_dir), metrics, self.limits,
                                           scorer_factory=scorer_factory)
         self.calls = CallLimiter(self.limits)
         self.decoding = DecodingInterceptor()
