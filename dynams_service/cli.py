@@ -123,12 +123,10 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    import ray
-
     from .core.dataset_access import DatasetAccess
     from .core.models import load_model_modules
-    from .service.lifeline import Lifeline
     from .service.limits import Limits
+    from .service.ray_cluster import connect
     from .service.server import SelectorServer, TLSFiles, check_workers
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -139,54 +137,25 @@ def _serve(args: argparse.Namespace) -> int:
         token = Path(args.token_file).read_text().strip()
         if not token:
             raise ValueError(f"--token-file {args.token_file} is empty")
-    limits = Limits(
-        max_jobs=args.max_jobs, max_scorers_per_job=args.max_scorers_per_job,
-        max_cpus_per_job=args.max_cpus_per_job, max_gpus_per_job=args.max_gpus_per_job,
-        max_memory_per_job=(int(args.max_memory_per_job * 2**30)
-                            if args.max_memory_per_job else None),
-        max_streams=args.max_streams, max_streams_per_peer=args.max_streams_per_peer,
-        stream_idle_timeout=args.stream_idle_timeout, placement_timeout=args.placement_timeout,
-        job_ttl=args.job_ttl, job_expiry=args.job_expiry,
-        dataset_roots=tuple(args.dataset_root))
+    limits = Limits(**{name: _limit_value(name, getattr(args, name))
+                       for name in Limits.model_fields})
     DatasetAccess(limits.dataset_roots)  # a root that is itself not allowed fails here
     check_workers(limits)  # before Ray starts
     load_model_modules(args.models)
-    lifeline = None
-
-    def embedded_ray():
-        # NOTE [ lifeline ] in service/lifeline.py; the dashboard listens on loopback only.
-        nonlocal lifeline
-        lifeline = Lifeline.start()
-        return ray.init(address="local", dashboard_host="127.0.0.1",
-                        logging_level=logging.WARNING)
-
-    if args.ray_address == "auto":
-        try:
-            context = ray.init(address="auto", logging_level=logging.WARNING)
-        except ConnectionError:
-            context = embedded_ray()
-    elif args.ray_address == "local":
-        context = embedded_ray()
-    else:
-        context = ray.init(address=args.ray_address, logging_level=logging.WARNING)
+    ray = connect(args.ray_address)
     tls = TLSFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
-    dashboard = context.dashboard_url
     server = SelectorServer(args.address, state_dir=args.state_dir, token=token, tls=tls,
-                            dashboard_url=f"http://{dashboard}" if dashboard else "",
-                            limits=limits)
+                            dashboard_url=ray.dashboard_url, limits=limits)
     server.start()
     print(f"dynams selector listening on {server.address}", flush=True)
-    print(f"Ray dashboard: http://{dashboard}" if dashboard else "Ray dashboard: not running",
-          flush=True)
+    print(f"Ray dashboard: {ray.dashboard_url or 'not running'}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     print("shutting down: stopping scorers, state is on disk", flush=True)
     server.stop()
-    ray.shutdown()
-    if lifeline is not None:
-        lifeline.release()
+    ray.close()
     return 0
 
 
@@ -341,40 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--models", action="append", default=[], metavar="MODULE",
                        help="module whose import registers architectures, decoders or scores "
                             "(repeatable)")
-    limits = serve.add_argument_group("limits", "what clients may ask of this selector")
-    limits.add_argument("--max-jobs", type=_positive_int, default=16,
-                        help="jobs held at once (default: 16)")
-    limits.add_argument("--max-scorers-per-job", type=_positive_int, default=64,
-                        help="scorer actors per job (default: 64)")
-    limits.add_argument("--max-cpus-per-job", type=_positive_float, default=None,
-                        help="num_scorers x num_cpus per job (default: unlimited)")
-    limits.add_argument("--max-gpus-per-job", type=_non_negative_float, default=None,
-                        help="num_scorers x num_gpus per job (default: unlimited)")
-    limits.add_argument("--max-memory-per-job", type=_positive_float, default=None,
-                        metavar="GIB", help="estimated memory per job in GiB: 0.5 GiB per "
-                                            "scorer process plus its decoded rows "
-                                            "(default: unlimited)")
-    limits.add_argument("--max-streams", type=_positive_int, default=96,
-                        help="streams and CreateJob calls at once, all clients (default: 96, "
-                             "below the 128 worker threads)")
-    limits.add_argument("--max-streams-per-peer", type=_positive_int, default=32,
-                        help="streams and CreateJob calls at once per client host; a "
-                             "trainer rank holds up to 3 (default: 32)")
-    limits.add_argument("--stream-idle-timeout", type=_positive_float, default=60.0,
-                        metavar="S", help="cancel a stream silent this long (default: 60)")
-    limits.add_argument("--placement-timeout", type=_positive_float, default=300.0,
-                        metavar="S", help="longest CreateJob wait for its scorers' placement, "
-                                          "shortened by the caller's deadline (default: 300)")
-    limits.add_argument("--job-ttl", type=_non_negative_float, default=3600.0, metavar="S",
-                        help="release a job's scorers after this long without an RPC naming "
-                             "it; the next push restarts them (default: 3600; 0: never)")
-    limits.add_argument("--job-expiry", type=_non_negative_float, default=0.0, metavar="S",
-                        help="delete a job and its state after this long without an RPC "
-                             "naming it (default: 0, never)")
-    limits.add_argument("--dataset-root", action="append", default=[], metavar="URI",
-                        help="datasets must lie under this path or s3:// / gs:// prefix "
-                             "(repeatable; default: any local path or object store). URIs "
-                             "with ?options, credentials or ports are always refused")
+    _add_limit_flags(serve.add_argument_group("limits",
+                                              "what clients may ask of this selector"))
     serve.set_defaults(func=_serve)
 
     selector = argparse.ArgumentParser(add_help=False)  # how to reach `dynams serve`
@@ -449,6 +386,55 @@ def _job_delete(args: argparse.Namespace) -> int:
         return 1
     print(f"deleted job {args.job_id}")
     return 0
+
+
+# Limits fields whose flag takes another unit than the field: (metavar, field units per flag unit).
+_LIMIT_UNITS = {"max_memory_per_job": ("GIB", 2**30)}
+
+
+def _add_limit_flags(group: argparse._ArgumentGroup) -> None:
+    """One flag per ``Limits`` field (``--max-jobs`` for ``max_jobs``): its type, bounds,
+    default and help are the field's, so limits.py alone defines them."""
+    from .service.limits import Limits
+
+    for name, field in Limits.model_fields.items():
+        if name == "dataset_roots":
+            group.add_argument("--dataset-root", action="append", default=[], metavar="URI",
+                               dest=name, help=f"{field.description} (repeatable)")
+            continue
+        number = int if field.annotation is int else float
+        metavar, scale = _LIMIT_UNITS.get(name, ("N", 1))
+        if field.description and field.description.startswith("seconds"):
+            metavar = "S"
+        default = field.default if field.default is None else field.default / scale
+        shown = "unlimited" if default is None else f"{default:g}"
+        group.add_argument(f"--{name.replace('_', '-')}", type=_bounded(number, field),
+                           default=default, metavar=metavar, dest=name,
+                           help=f"{field.description} (default: {shown})")
+
+
+def _limit_value(name: str, value):
+    """A limit flag's value in the field's units."""
+    if isinstance(value, list):
+        return tuple(value)
+    scale = _LIMIT_UNITS.get(name, ("", 1))[1]
+    return value if value is None or scale == 1 else int(value * scale)
+
+
+def _bounded(number: type, field):
+    """An argparse type: ``number`` within the field's ``ge``/``gt`` bounds."""
+    bounds = [(op, getattr(m, op)) for m in field.metadata for op in ("ge", "gt")
+              if hasattr(m, op)]
+
+    def parse(text: str):
+        value = number(text)
+        for op, bound in bounds:
+            if (value < bound) if op == "ge" else not (value > bound):
+                sign = ">=" if op == "ge" else ">"
+                raise argparse.ArgumentTypeError(f"must be {sign} {bound:g}, got {value:g}")
+        return value
+
+    return parse
 
 
 def _size(text: str) -> tuple[int, int, int]:

@@ -21,11 +21,13 @@ class Limits(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_jobs: int = Field(16, ge=1, description="jobs held at once (quarantined ones excluded)")
-    max_scorers_per_job: int = Field(64, ge=1)
+    max_scorers_per_job: int = Field(64, ge=1, description="scorer actors per job")
     max_cpus_per_job: float | None = Field(None, gt=0, description="num_scorers × num_cpus")
     max_gpus_per_job: float | None = Field(None, ge=0, description="num_scorers × num_gpus")
     max_memory_per_job: int | None = Field(
-        None, gt=0, description="bytes; estimated as in admission.estimated_memory")
+        None, gt=0, description="estimated memory per job, 0.5 GiB per scorer process plus "
+                                "its decoded rows (admission.estimated_memory); bytes here, "
+                                "GiB on the command line")
     max_streams: int = Field(
         96, ge=1, description="long calls at once (streams and CreateJob), all peers; keep "
                               "it below the server's worker threads so short calls always run")
