@@ -228,7 +228,7 @@ def _margin_scores(scorer: dms.SlimmableModel, spec: MethodSpec, x: torch.Tensor
     """Margins of every training sample under ``scorer`` at its full width.
     ``batch_size`` None keeps ``score``'s own default (what the service would run)."""
     kwargs = {} if batch_size is None else {"batch_size": batch_size}
-    return dms.score(scorer, x, y, width=1.0, score=spec.margin_mode, **kwargs)
+    return dms.score(scorer, x, y, width=1.0, score=spec.knobs["score"], **kwargs)
 
 
 # --- choosing each epoch's samples: one function per method ----------------------------
@@ -325,7 +325,7 @@ def _select_by_margin(run: Run, scorer: dms.SlimmableModel, ep: EpochPlan) -> to
     selector's, seeded by (seed, round) as the selector seeds it."""
     m = _margin_scores(scorer, run.spec, run.data.x_train, run.data.y_train,
                        run.cfg.score_batch_size)
-    per_class = run.spec.class_balance == "per_class"
+    per_class = run.spec.knobs["class_balance"] == "per_class"
     rule = run.spec.policy(run.round_ratios[ep.round], run.cfg.seed).rule
     if rule.hard_cut:
         return dms.select(m, run.data.y_train, ratio=run.round_ratios[ep.round],
@@ -445,7 +445,7 @@ def _train_epoch(run: Run, opt: torch.optim.Optimizer, joint: JointPSP | None,
     w_order = None if weights is None else weights[perm]
     epoch_steps = _steps(len(order), cfg.batch_size)
     snapshot_at = None
-    if (run.spec.staleness == "pipelined" and epoch + 1 < len(run.plan.epochs)
+    if (run.spec.knobs["staleness"] == "pipelined" and epoch + 1 < len(run.plan.epochs)
             and run.plan.epochs[epoch + 1].kind is EpochKind.SELECT):
         snapshot_at = math.floor((1 - PIPE_LEAD) * epoch_steps)
     snapshot_seconds = snapshot_cpu = 0.0
@@ -543,14 +543,10 @@ def _record(run: Run, wall_start: float) -> dict[str, Any]:
         "selection_digests": run.digests,
         "config": {
             "kind": spec.kind, "psp_width": spec.psp_width, "lam": spec.lam,
-            "margin_mode": spec.margin_mode, "class_balance": spec.class_balance,
-            "interval_epochs": spec.interval_epochs, "warmup_epochs": spec.warmup_epochs,
-            "ratio_schedule": spec.ratio_schedule, "staleness": spec.staleness,
             "psp_batch_fraction": spec.psp_batch_fraction, "distill": spec.distill,
-            "explore": spec.explore, "coverage_strata": spec.coverage_strata,
-            "coverage_prune": spec.coverage_prune, "anneal_epochs": spec.anneal_epochs,
-            "psp_every": spec.psp_every,
-            **({"pipeline_lead_epochs": PIPE_LEAD} if spec.staleness == "pipelined" else {}),
+            "psp_every": spec.psp_every, **spec.knobs,
+            **({"pipeline_lead_epochs": PIPE_LEAD}
+               if spec.knobs["staleness"] == "pipelined" else {}),
             "batch_size": cfg.batch_size, "lr": cfg.lr,
             "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "nesterov": True,
             "schedule": "cosine over optimizer steps" if spec.follows_plan

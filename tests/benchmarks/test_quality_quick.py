@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from dynams_service import SelectionPolicy
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "quality.py"
 REQUIRED = ("method", "ratio", "seed", "epochs", "final_accuracy", "best_accuracy",
@@ -106,17 +108,26 @@ def _load_quality():
 def test_method_names_parse_into_knobs() -> None:
     q = _load_quality()
     spec = q.parse_method("dynams-psp-0.25-signed-int2-warm3-lam0.5")
-    assert (spec.kind, spec.psp_width, spec.margin_mode, spec.interval_epochs,
-            spec.warmup_epochs, spec.lam) == ("dynams-psp", 0.25, "signed", 2, 3, 0.5)
+    assert (spec.kind, spec.psp_width, spec.lam) == ("dynams-psp", 0.25, 0.5)
+    assert spec.policy_knobs == (("interval_epochs", 2), ("score", "signed"),
+                                 ("warmup_epochs", 3))
     assert q.parse_method("uniform-compute-matched").kind == "uniform-compute-matched"
     assert q.parse_method("uniform-psp-0.5").psp_width == 0.5
-    assert q.parse_method("dynams-full-proxy-global").class_balance == "global"
+    assert q.parse_method("dynams-full-proxy-global").knobs["class_balance"] == "global"
     spec = q.parse_method("dynams-psp-0.25-bf0.5-distill-pipe")
-    assert (spec.psp_batch_fraction, spec.distill, spec.staleness) == (0.5, True, "pipelined")
+    assert (spec.psp_batch_fraction, spec.distill, spec.knobs["staleness"]) == (0.5, True,
+                                                                               "pipelined")
     assert spec.policy(0.3, seed=0).staleness == "pipelined"
+    # Every policy field parses by its own name, typed and bounded by the policy.
+    policy = q.parse_method("dynams-psp-0.25-power-power_exponent2").policy(0.3, seed=0)
+    assert (policy.ratio_schedule, policy.power_exponent) == ("power", 2.0)
+    assert q.parse_method("dynams-psp-0.25").knobs == {
+        **{n: f.default for n, f in SelectionPolicy.model_fields.items()
+           if n not in ("ratio", "seed")}, "class_balance": "per_class", "staleness": "sync"}
     for bad in ("dynams", "dynams-psp", "dynams-psp-0.3", "uniform-signed", "full-bogus",
                 "uniform-bf0.5", "dynams-full-proxy-distill", "static-margin-pipe",
-                "uniform-psp-0.25-pipe"):
+                "uniform-psp-0.25-pipe", "dynams-psp-0.25-int2.5", "dynams-psp-0.25-exp2",
+                "dynams-psp-0.25-ccs4"):
         with pytest.raises(ValueError):
             q.parse_method(bad)
 
