@@ -79,6 +79,7 @@ from benchmarks.quality_methods import (  # noqa: E402
     MethodSpec,
     parse_method,
 )
+from benchmarks.quality_record import RunRecord  # noqa: E402
 from benchmarks.quality_report import (  # noqa: E402
     atomic_write,
     psp_cost_lines,
@@ -370,7 +371,7 @@ def _infobatch_subset(prev_loss: torch.Tensor, cfg: RunConfig, epoch: int,
 # --- training --------------------------------------------------------------------------
 
 
-def train_run(cfg: RunConfig, data: Data, log: bool = True) -> dict[str, Any]:
+def train_run(cfg: RunConfig, data: Data, log: bool = True) -> RunRecord:
     """Train one run and return its record (accuracies per epoch and the cost accounting)."""
     wall_start = time.perf_counter()
     spec = cfg.method
@@ -501,47 +502,47 @@ def _loss(run: Run, joint: JointPSP | None, idx: torch.Tensor,
     return (per_sample * weights).mean()
 
 
-def _record(run: Run, wall_start: float) -> dict[str, Any]:
+def _record(run: Run, wall_start: float) -> RunRecord:
     """The run's stored record: accuracies, sizes and the cost accounting."""
     cfg, spec, n = run.cfg, run.spec, run.data.num_train
     sample_iterations = sum(run.sizes)
     # The CPU is shared: median step time × steps is a load-robust estimate of train cost.
     step_median = statistics.median(run.step_times)
     robust_train = step_median * run.step
-    return {
-        "method": spec.name,
-        "ratio": cfg.ratio,
-        "seed": cfg.seed,
-        "epochs": cfg.epochs,
-        "max_samples": cfg.max_samples,
-        "label_noise": cfg.label_noise,
-        "num_train": n,
-        "num_test": len(run.data.y_test),
-        "final_accuracy": run.accs[-1],
-        "best_accuracy": max(run.accs),
-        "accuracy_per_epoch": run.accs,
-        "accuracy_epochs": run.eval_epochs,
-        "train_loss_per_epoch": run.losses,
-        "fraction_trained": sample_iterations / (n * cfg.epochs),
-        "planned_fraction": run.plan.fraction_trained,
-        "sample_iterations": sample_iterations,
-        "epoch_sizes": run.sizes,
-        "optimizer_steps": run.step,
-        "planned_steps": run.planned_steps,
-        "subset_ratio": cfg.plan_ratio,
-        "wall_seconds": time.perf_counter() - wall_start,
-        "train_seconds": run.train_seconds,
-        "scoring_seconds": run.scoring_seconds,
-        "total_compute_seconds": run.train_seconds + run.scoring_seconds,
-        "step_seconds_median": step_median,
-        "train_seconds_robust": robust_train,
-        "total_compute_seconds_robust": robust_train + run.scoring_seconds,
-        "train_cpu_seconds": run.train_cpu,
-        "scoring_cpu_seconds": run.scoring_cpu,
-        "total_compute_cpu_seconds": run.train_cpu + run.scoring_cpu,
-        "selection_seconds_each": run.select_times,
-        "selection_digests": run.digests,
-        "config": {
+    return RunRecord(
+        method=spec.name,
+        ratio=cfg.ratio,
+        seed=cfg.seed,
+        epochs=cfg.epochs,
+        max_samples=cfg.max_samples,
+        label_noise=cfg.label_noise,
+        num_train=n,
+        num_test=len(run.data.y_test),
+        final_accuracy=run.accs[-1],
+        best_accuracy=max(run.accs),
+        accuracy_per_epoch=run.accs,
+        accuracy_epochs=run.eval_epochs,
+        train_loss_per_epoch=run.losses,
+        fraction_trained=sample_iterations / (n * cfg.epochs),
+        planned_fraction=run.plan.fraction_trained,
+        sample_iterations=sample_iterations,
+        epoch_sizes=run.sizes,
+        optimizer_steps=run.step,
+        planned_steps=run.planned_steps,
+        subset_ratio=cfg.plan_ratio,
+        wall_seconds=time.perf_counter() - wall_start,
+        train_seconds=run.train_seconds,
+        scoring_seconds=run.scoring_seconds,
+        total_compute_seconds=run.train_seconds + run.scoring_seconds,
+        step_seconds_median=step_median,
+        train_seconds_robust=robust_train,
+        total_compute_seconds_robust=robust_train + run.scoring_seconds,
+        train_cpu_seconds=run.train_cpu,
+        scoring_cpu_seconds=run.scoring_cpu,
+        total_compute_cpu_seconds=run.train_cpu + run.scoring_cpu,
+        selection_seconds_each=run.select_times,
+        selection_digests=run.digests,
+        config={
             "kind": spec.kind, "psp_width": spec.psp_width, "lam": spec.lam,
             "psp_batch_fraction": spec.psp_batch_fraction, "distill": spec.distill,
             "psp_every": spec.psp_every, **spec.knobs,
@@ -556,10 +557,10 @@ def _record(run: Run, wall_start: float) -> dict[str, Any]:
             "score_batch_size": cfg.score_batch_size or "score() default",
             **cfg.extra,
         },
-        "torch_threads": torch.get_num_threads(),
-        "host": platform.node(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
+        torch_threads=torch.get_num_threads(),
+        host=platform.node(),
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
 
 
 # --- compute matching ------------------------------------------------------------------
@@ -597,8 +598,8 @@ def compute_matched_ratio(records: Sequence[dict[str, Any]], ratio: float, epoch
 
 
 def record_key(r: dict[str, Any]) -> tuple:
-    return (r["method"], r["ratio"], r["seed"], r["epochs"], r.get("max_samples"),
-            r.get("label_noise", 0.0))
+    """A stored record's identity (``RunRecord.key``); older records lack label_noise."""
+    return RunRecord.from_json(r).key
 
 
 def load_results(out: Path) -> list[dict[str, Any]]:
@@ -606,17 +607,17 @@ def load_results(out: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def save_result(out: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
+def save_result(out: Path, record: RunRecord) -> list[dict[str, Any]]:
     """Merge one record into ``quality.json`` (re-read first; atomic replace) and return all.
     One directory holds one data variant: its tables do not tell label noise apart."""
     with open(out / "quality.json.lock", "w") as lock:  # sweeps may share a directory
         fcntl.flock(lock, fcntl.LOCK_EX)
-        records = [r for r in load_results(out) if record_key(r) != record_key(record)]
-        noise = {r.get("label_noise", 0.0) for r in records} - {record["label_noise"]}
+        records = [r for r in load_results(out) if record_key(r) != record.key]
+        noise = {r.get("label_noise", 0.0) for r in records} - {record.label_noise}
         if noise:
             raise ValueError(f"{out} holds runs with label noise {sorted(noise)}; write runs "
-                             f"with label noise {record['label_noise']} to another --out")
-        records.append(record)
+                             f"with label noise {record.label_noise} to another --out")
+        records.append(record.to_json())
         atomic_write(out / "quality.json", json.dumps(records, indent=1))
     return records
 
@@ -867,9 +868,9 @@ def run_quality(args: argparse.Namespace, data: Data) -> list[dict[str, Any]]:
                 records = save_result(args.out, record)
                 done.add(key)
                 print(f"done {spec.name} ratio={run_ratio} seed={seed}: final "
-                      f"{record['final_accuracy']:.4f} best {record['best_accuracy']:.4f} "
-                      f"fraction {record['fraction_trained']:.3f} train "
-                      f"{record['train_seconds']:.1f}s scoring {record['scoring_seconds']:.1f}s",
+                      f"{record.final_accuracy:.4f} best {record.best_accuracy:.4f} "
+                      f"fraction {record.fraction_trained:.3f} train "
+                      f"{record.train_seconds:.1f}s scoring {record.scoring_seconds:.1f}s",
                       flush=True)
                 if not args.quick:  # long sweeps: keep the table and plots current
                     write_report(args.out, records, args.max_samples, args.epochs)

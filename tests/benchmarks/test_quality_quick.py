@@ -171,10 +171,10 @@ def test_pipelined_scores_weights_from_before_the_epoch_ended(
                                     epochs=3, max_samples=600, batch_size=64), data, log=False)
             for name in ("dynams-full-proxy", "dynams-full-proxy-pipe")]
     sync, pipe = runs
-    assert sync["epoch_sizes"] == pipe["epoch_sizes"] == [600, 180, 180]
-    assert pipe["config"]["staleness"] == "pipelined"
-    assert len(sync["selection_digests"]) == len(pipe["selection_digests"]) == 2
-    assert sync["selection_digests"][0] != pipe["selection_digests"][0]  # older weights
+    assert sync.epoch_sizes == pipe.epoch_sizes == [600, 180, 180]
+    assert pipe.config["staleness"] == "pipelined"
+    assert len(sync.selection_digests) == len(pipe.selection_digests) == 2
+    assert sync.selection_digests[0] != pipe.selection_digests[0]  # older weights
 
 
 def test_every_base_kind_has_one_sample_chooser() -> None:
