@@ -13,8 +13,8 @@ import time
 import torch
 
 from dynams_service import build_architecture, margins
-from dynams_service.core.idx import load_idx_split
-from dynams_service.core.models import count_macs, count_parameters
+from dynams_service.core.data.idx import load_idx_split
+from dynams_service.core.models.models import count_macs, count_parameters
 
 INPUTS = {"fmnist-cnn": (1, 28, 28), "cifar-resnet18": (3, 32, 32)}
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from dynams_service import read_manifest, write_shards
-from dynams_service.core.shards import read_shards
+from dynams_service.core.data.shards import read_shards
 
 
 def first_n_shards(shards: str | Path, n: int, out: str | Path, *, min_shards: int = 1) -> Path:

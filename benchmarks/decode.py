@@ -24,7 +24,7 @@ import torch
 from jpeg_data import jpeg_items
 from results_io import store_json
 
-from dynams_service.core.decoders import ImageDecoder
+from dynams_service.core.data.decoders import ImageDecoder
 
 # (stored side, channels, decoded (C, H, W))
 CASES = [(32, 3, (3, 32, 32)), (64, 3, (3, 64, 64)), (64, 1, (1, 64, 64)),

@@ -22,7 +22,7 @@ from results_io import store_json
 
 from dynams_service import JobSpec, ProxySpec, SelectionPolicy
 from dynams_service.client import DynaMSSampler, SelectorClient, SelectorJob
-from dynams_service.core.manifest import read_manifest
+from dynams_service.core.data.manifest import read_manifest
 
 
 def closed_port() -> int:

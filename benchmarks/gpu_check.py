@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.jpeg_data import jpeg_dataset  # noqa: E402
 from dynams_service.client import JointPSP, psp_loss  # noqa: E402
-from dynams_service.core.decoders import ImageDecoder, Normalizer  # noqa: E402
-from dynams_service.core.models import build_architecture  # noqa: E402
-from dynams_service.core.scoring import score_batches  # noqa: E402
-from dynams_service.core.shards import read_manifest  # noqa: E402
-from dynams_service.core.stream import ShardStream  # noqa: E402
+from dynams_service.core.data.decoders import ImageDecoder, Normalizer  # noqa: E402
+from dynams_service.core.data.shards import read_manifest  # noqa: E402
+from dynams_service.core.data.stream import ShardStream  # noqa: E402
+from dynams_service.core.models.models import build_architecture  # noqa: E402
+from dynams_service.core.selection.scoring import score_batches  # noqa: E402
 
 ARCH, WIDTH, BATCH = "cifar-resnet18", 0.25, 512
 
@@ -145,7 +145,7 @@ def tv_resnet50(device: torch.device, batch: int) -> dict:
     against the CPU, and the joint step's overhead on ``device``."""
     from torchvision.models import resnet50
 
-    from dynams_service.core.slimming import make_slimmable
+    from dynams_service.core.models.slimming import make_slimmable
 
     torch.manual_seed(0)
     net = make_slimmable(resnet50(), (1.0, WIDTH))

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dynams_service.core.idx import load_idx_split
-from dynams_service.core.shards import MANIFEST_NAME, ShardError, write_encoded_shards
+from dynams_service.core.data.idx import load_idx_split
+from dynams_service.core.data.shards import MANIFEST_NAME, ShardError, write_encoded_shards
 
 __all__ = ["cache_dir", "jpeg_items", "jpeg_dataset", "jpeg_folder", "FASHION_MNIST_CLASSES"]
 

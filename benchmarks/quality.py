@@ -88,11 +88,11 @@ from benchmarks.quality_report import (  # noqa: E402
     write_plots,
 )
 from dynams_service.client.joint_training import JointPSP, psp_loss  # noqa: E402
-from dynams_service.core.distributed_selection import SelectionPart  # noqa: E402
-from dynams_service.core.idx import load_idx_split  # noqa: E402
-from dynams_service.core.policy import EpochKind, EpochPlan, Plan  # noqa: E402
-from dynams_service.core.proxy import build_proxy, export_psp  # noqa: E402
-from dynams_service.core.selection_rules import round_seed, rule_select, view_part  # noqa: E402
+from dynams_service.core.data.idx import load_idx_split  # noqa: E402
+from dynams_service.core.models.proxy import build_proxy, export_psp  # noqa: E402
+from dynams_service.core.selection.distributed_selection import SelectionPart  # noqa: E402
+from dynams_service.core.selection.policy import EpochKind, EpochPlan, Plan  # noqa: E402
+from dynams_service.core.selection.selection_rules import round_seed, rule_select, view_part  # noqa: E402
 
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"

@@ -12,7 +12,7 @@ from typing import Any, get_args
 from pydantic import ValidationError
 
 from dynams_service import SelectionPolicy, build_architecture
-from dynams_service.core.scores import scores
+from dynams_service.core.selection.scores import scores
 
 ARCHITECTURE = "fmnist-cnn"
 DEFAULT_DYNAMS = "dynams-psp-0.25"  # what ablations are compared against

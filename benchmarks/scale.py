@@ -40,18 +40,18 @@ sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.jpeg_data import jpeg_dataset  # noqa: E402
 from benchmarks.results_io import store_json  # noqa: E402
-from dynams_service.core.decoders import ImageDecoder, Normalizer  # noqa: E402
-from dynams_service.core.idx import load_idx_split  # noqa: E402
-from dynams_service.core.margin import margins  # noqa: E402
-from dynams_service.core.models import build_architecture  # noqa: E402
-from dynams_service.core.scoring import score, score_batches  # noqa: E402
-from dynams_service.core.shards import (  # noqa: E402
+from dynams_service.core.data.decoders import ImageDecoder, Normalizer  # noqa: E402
+from dynams_service.core.data.idx import load_idx_split  # noqa: E402
+from dynams_service.core.data.shards import (  # noqa: E402
     decode_samples,
     read_manifest,
     read_shards,
     write_shards,
 )
-from dynams_service.core.stream import ShardStream  # noqa: E402
+from dynams_service.core.data.stream import ShardStream  # noqa: E402
+from dynams_service.core.models.models import build_architecture  # noqa: E402
+from dynams_service.core.selection.margin import margins  # noqa: E402
+from dynams_service.core.selection.scoring import score, score_batches  # noqa: E402
 
 ARCH = "cnn64-grey"
 WIDTH = 0.25

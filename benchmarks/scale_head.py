@@ -63,8 +63,8 @@ def register_tiny_architecture() -> None:
     import torch
 
     from dynams_service import SlimmableModel, register_architecture
+    from dynams_service.core.models.slimmable import SlimmableLinear, check_widths
     from dynams_service.core.registry import UnknownName
-    from dynams_service.core.slimmable import SlimmableLinear, check_widths
 
     class TinyModel(SlimmableModel):
         def __init__(self, num_classes: int = NUM_CLASSES, features: int = 4,
@@ -90,7 +90,7 @@ def register_tiny_architecture() -> None:
 def ensure_dataset(data_dir: Path, n: int, shards: int = 256):
     """A dataset of ``n`` 1-byte samples, labels ``i % 10``, written once and reused."""
     from dynams_service import write_shards
-    from dynams_service.core.shards import read_manifest
+    from dynams_service.core.data.shards import read_manifest
 
     uri = data_dir / f"n{n}"
     if (uri / "dynams-dataset.json").exists():
@@ -170,7 +170,7 @@ def job_spec(job_id: str, uri: str, manifest, scorers: int, per_class: bool):
 
 def run_round(client, uri, manifest, scorers: int, per_class: bool, keep: bool) -> dict:
     from dynams_service import build_architecture
-    from dynams_service.core.proxy import export_psp
+    from dynams_service.core.models.proxy import export_psp
 
     n = manifest.num_samples
     job_id = f"n{n}-k{scorers}{'-pc' if per_class else ''}"

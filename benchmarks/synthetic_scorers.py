@@ -23,8 +23,8 @@ import numpy as np
 import ray
 import ray.cloudpickle
 
-from dynams_service.core import distributed_selection
-from dynams_service.core.distributed_selection import SelectionPart
+from dynams_service.core.selection import distributed_selection
+from dynams_service.core.selection.distributed_selection import SelectionPart
 
 __all__ = ["SyntheticScorer", "synthetic_factory", "synthetic_margins"]
 

@@ -127,8 +127,8 @@ def scoring(work: Path, data_dir: str, samples: int, repeats: int) -> dict:
         build_architecture,
         write_shards,
     )
-    from dynams_service.core.idx import load_idx_split
-    from dynams_service.core.proxy import export_psp
+    from dynams_service.core.data.idx import load_idx_split
+    from dynams_service.core.models.proxy import export_psp
     from dynams_service.service.scorer import JobScorers
 
     env = _ray_env(work)

@@ -32,9 +32,9 @@ from dynams_service import (
     score,
     write_shards,
 )
-from dynams_service.core.idx import load_idx_split
-from dynams_service.core.proxy import export_psp
-from dynams_service.core.shards import decode_samples, read_shards
+from dynams_service.core.data.idx import load_idx_split
+from dynams_service.core.data.shards import decode_samples, read_shards
+from dynams_service.core.models.proxy import export_psp
 
 
 def _median_ms(fn, repeats: int) -> float:

@@ -33,10 +33,10 @@ import torchvision.models as tvm
 from results_io import store_json
 
 from dynams_service.client.joint_training import JointPSP, psp_loss
-from dynams_service.core.idx import load_idx_split
-from dynams_service.core.proxy import export_psp
-from dynams_service.core.scoring import score
-from dynams_service.core.slimming import make_slimmable
+from dynams_service.core.data.idx import load_idx_split
+from dynams_service.core.models.proxy import export_psp
+from dynams_service.core.models.slimming import make_slimmable
+from dynams_service.core.selection.scoring import score
 
 MODELS = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
           "regnet_y_400mf", "vgg11_bn", "convnext_tiny"]

@@ -8,9 +8,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .core.idx import IDXError, load_idx_split
-from .core.registry import UnknownName
-from .core.shards import (
+from .core.data.idx import IDXError, load_idx_split
+from .core.data.shards import (
     DatasetNotFound,
     ShardError,
     read_manifest,
@@ -18,7 +17,8 @@ from .core.shards import (
     write_image_folder,
     write_shards,
 )
-from .core.stream import verify_samples
+from .core.data.stream import verify_samples
+from .core.registry import UnknownName
 
 DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -123,8 +123,8 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from .core.dataset_access import DatasetAccess
-    from .core.models import load_model_modules
+    from .core.models.models import load_model_modules
+    from .service.dataset_access import DatasetAccess
     from .service.limits import Limits
     from .service.ray_cluster import connect
     from .service.server import SelectorServer, TLSFiles, check_workers

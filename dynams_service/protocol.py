@@ -13,10 +13,10 @@ from typing import Any, Literal, get_args, get_origin
 import numpy as np
 from pydantic import BaseModel
 
+from .core.data.shards import DatasetFingerprint
 from .core.job import JobSpec, JobState, ProxySpec, RoundState, ScorerResources, SelectionKind
-from .core.policy import SelectionPolicy
-from .core.proxy import TensorRecord
-from .core.shards import DatasetFingerprint
+from .core.models.proxy import TensorRecord
+from .core.selection.policy import SelectionPolicy
 from .proto.dynams.v1 import selector_pb2 as pb
 
 __all__ = [

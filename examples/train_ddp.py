@@ -22,7 +22,7 @@ from torch.utils.data import BatchSampler, DistributedSampler
 
 import dynams_service as dms
 from dynams_service.client import DynaMSSampler, JointPSP, SelectorClient, SelectorJob, psp_loss
-from dynams_service.core.shards import decode_samples, read_shards
+from dynams_service.core.data.shards import decode_samples, read_shards
 
 POLICY = dms.SelectionPolicy.model_fields  # each a flag, e.g. --ratio; the library's defaults
 FLAGS = [("--shards", str, "data/fashion-mnist", "holds train/ and test/ shards"),

@@ -15,8 +15,13 @@ import pytest
 import torch
 
 from dynams_service import build_architecture
-from dynams_service.core.idx import load_idx_split
-from dynams_service.core.shards import DatasetManifest, decode_samples, read_shards, write_shards
+from dynams_service.core.data.idx import load_idx_split
+from dynams_service.core.data.shards import (
+    DatasetManifest,
+    decode_samples,
+    read_shards,
+    write_shards,
+)
 
 SMALL_N = 4000  # the small shard set: the first 4000 training images, 4 shards
 
@@ -120,7 +125,7 @@ def jpeg_shards(fashion_mnist_dir) -> tuple[str, DatasetManifest]:
     """600 real Fashion-MNIST images up-scaled to 3x32x32, shifted, tinted and JPEG-encoded,
     in 3 shards of 200 (generated once into the dataset cache)."""
     from benchmarks.jpeg_data import jpeg_dataset
-    from dynams_service.core.shards import read_manifest
+    from dynams_service.core.data.shards import read_manifest
 
     uri = jpeg_dataset(600, size=32, channels=3, rows_per_shard=200)
     return uri, read_manifest(uri)
@@ -130,7 +135,7 @@ def jpeg_shards(fashion_mnist_dir) -> tuple[str, DatasetManifest]:
 def jpeg_grey_shards(fashion_mnist_dir) -> tuple[str, DatasetManifest]:
     """1000 real Fashion-MNIST images as 1x64x64 JPEGs in 4 shards of 250."""
     from benchmarks.jpeg_data import jpeg_dataset
-    from dynams_service.core.shards import read_manifest
+    from dynams_service.core.data.shards import read_manifest
 
     uri = jpeg_dataset(1000, size=64, channels=1, rows_per_shard=250)
     return uri, read_manifest(uri)

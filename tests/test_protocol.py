@@ -8,9 +8,9 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel
 
+from dynams_service.core.data.shards import DatasetFingerprint
 from dynams_service.core.job import JobSpec, ProxySpec, ScorerResources
-from dynams_service.core.policy import SelectionPolicy
-from dynams_service.core.shards import DatasetFingerprint
+from dynams_service.core.selection.policy import SelectionPolicy
 from dynams_service.protocol import (
     POLICY_KNOBS,
     ProtocolError,

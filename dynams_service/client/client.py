@@ -17,7 +17,7 @@ from typing import TypeVar
 import grpc
 
 from ..core.job import JobSpec
-from ..core.proxy import TensorRecord
+from ..core.models.proxy import TensorRecord
 from ..proto.dynams.v1 import selector_pb2_grpc
 from ..protocol import (
     MAX_MESSAGE_BYTES,

@@ -23,8 +23,8 @@ import numpy as np
 import torch.distributed as dist
 
 from ..core.job import SelectionKind
-from ..core.partition import epoch_order, rank_count, rank_part, uniform_subset
-from ..core.policy import Plan
+from ..core.selection.partition import epoch_order, rank_count, rank_part, uniform_subset
+from ..core.selection.policy import Plan
 from .errors import Reason, RoundFailedError, SelectorError, Status
 from .job import SelectorJob
 from .push import PushScheduler

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import os
 
+from ..core.data.manifest import is_relative_local_path
 from ..core.job import JobSpec
-from ..core.manifest import is_relative_local_path
 from .client import SelectorClient
 from .errors import SelectorError
 

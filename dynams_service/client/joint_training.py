@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.models import SlimmableModel
+from ..core.models.models import SlimmableModel
 
 __all__ = ["JointPSP", "psp_loss"]
 

@@ -13,8 +13,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 
-from ..core.models import SlimmableModel
-from ..core.proxy import TensorRecord, export_psp
+from ..core.models.models import SlimmableModel
+from ..core.models.proxy import TensorRecord, export_psp
 from .errors import SelectorError, Status
 from .job import SelectorJob
 from .warn_once import WarnOnce

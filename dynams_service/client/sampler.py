@@ -1,7 +1,7 @@
 """DynaMSSampler: a drop-in for DistributedSampler whose epochs come from the selector.
 
 Each rank iterates its part of the epoch's canonical list (NOTE [ canonical list ] in
-``core/partition.py``), fetched by an ``EpochFetcher`` (``epochs.py``: the selector's
+``core/selection/partition.py``), fetched by an ``EpochFetcher`` (``epochs.py``: the selector's
 answer, or a seeded uniform fallback of the planned size when it cannot answer in time),
 resumable mid-epoch, and rank 0 pushes the PSP weights when the next round needs them
 (``PushScheduler``).
@@ -15,9 +15,9 @@ from collections.abc import Iterator, Sized
 from torch.utils.data import Sampler
 
 from ..core.job import JobSpec
-from ..core.models import SlimmableModel
-from ..core.partition import rank_count
-from ..core.policy import EpochKind, Plan
+from ..core.models.models import SlimmableModel
+from ..core.selection.partition import rank_count
+from ..core.selection.policy import EpochKind, Plan
 from .checkpoint import SamplerCheckpoint
 from .epochs import EpochFetcher, EpochSource, distributed_rank
 from .errors import RoundFailedError

@@ -3,25 +3,25 @@
 Pure PyTorch/numpy/pyarrow; imports neither Ray nor gRPC, so researchers can call it
 directly and both the selector and the trainer build on it. This package re-exports what
 a researcher or trainer touches; everything else is imported from its submodule
-(``dynams_service.core.proxy``, ``.partition``, ``.idx``, ``.shards``, ...).
+(``dynams_service.core.models.proxy``, ``.partition``, ``.idx``, ``.shards``, ...).
 """
 
-from .dataset import ShardDataset
-from .decoders import register_decoder
+from .data.dataset import ShardDataset
+from .data.decoders import register_decoder
+from .data.shards import read_manifest, write_image_folder, write_shards
 from .job import JobSpec, ProxySpec, ScorerResources
-from .margin import margins
-from .models import (
+from .models.models import (
     SlimCNN,
     SlimmableModel,
     SlimResNet18,
     build_architecture,
     register_architecture,
 )
-from .policy import SelectionPolicy
-from .scoring import score
-from .selection import select
-from .shards import read_manifest, write_image_folder, write_shards
-from .slimming import make_slimmable
+from .models.slimming import make_slimmable
+from .selection.margin import margins
+from .selection.policy import SelectionPolicy
+from .selection.scoring import score
+from .selection.selection import select
 
 __all__ = [
     "margins", "score", "select", "SelectionPolicy",

@@ -8,8 +8,8 @@ from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .policy import Plan, SelectionPolicy
-from .shards import DatasetFingerprint
+from .data.shards import DatasetFingerprint
+from .selection.policy import Plan, SelectionPolicy
 
 __all__ = ["JobSpec", "ProxySpec", "ScorerResources", "JOB_ID_PATTERN", "spec_differences",
            "JobState", "RoundState", "SelectionKind"]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
+from ..core.data.shards import DatasetManifest, dataset_decoder
 from ..core.job import JobSpec
-from ..core.shards import DatasetManifest, dataset_decoder
 from .errors import ResourceExhausted
 from .limits import Limits
 

@@ -16,11 +16,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from ..core.dataset_access import DatasetAccess
+from ..core.data.shards import read_manifest
 from ..core.job import JobSpec, spec_differences
-from ..core.proxy import TensorRecord
-from ..core.shards import read_manifest
+from ..core.models.proxy import TensorRecord
 from . import admission
+from .dataset_access import DatasetAccess
 from .dataset_identity import DatasetEncoding
 from .epoch_server import Answer, EpochServer
 from .errors import AlreadyExists, DeadlineExceeded, Internal

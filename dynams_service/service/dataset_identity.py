@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ..core.shards import DatasetManifest
+from ..core.data.shards import DatasetManifest
 
 __all__ = ["DatasetEncoding"]
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.job import RoundState, SelectionKind
-from ..core.partition import epoch_order, rank_part
-from ..core.policy import EpochKind
+from ..core.selection.partition import epoch_order, rank_part
+from ..core.selection.policy import EpochKind
 from .errors import DeadlineExceeded, InvalidArgument, NotFound, RoundFailed, WeightsNotPushed
 from .job_table import JobEntry, JobTable
 from .limits import Limits

@@ -11,13 +11,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..core.dataset_access import DatasetAccess, DatasetAccessDenied, MalformedDatasetURI
-from ..core.job import JobSpec
-from ..core.models import build_architecture
-from ..core.proxy import spec_of
-from ..core.registry import UnknownName
-from ..core.scores import get_score
-from ..core.shards import (
+from ..core.data.shards import (
     DatasetNotFound,
     FingerprintMismatch,
     InvalidDatasetURI,
@@ -25,7 +19,13 @@ from ..core.shards import (
     read_manifest,
     verify_dataset,
 )
-from ..core.slimming import SlimmingError
+from ..core.job import JobSpec
+from ..core.models.models import build_architecture
+from ..core.models.proxy import spec_of
+from ..core.models.slimming import SlimmingError
+from ..core.registry import UnknownName
+from ..core.selection.scores import get_score
+from .dataset_access import DatasetAccess, DatasetAccessDenied, MalformedDatasetURI
 from .dataset_identity import DatasetEncoding
 from .errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from .job_record import Job

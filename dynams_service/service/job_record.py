@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..core.data.shards import DatasetManifest
 from ..core.job import JobSpec, JobState, RoundState
-from ..core.policy import Plan
-from ..core.shards import DatasetManifest
+from ..core.selection.policy import Plan
 from .dataset_identity import DatasetEncoding
 from .rounds import Round
 

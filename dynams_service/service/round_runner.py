@@ -14,8 +14,8 @@ from collections.abc import Callable
 import numpy as np
 
 from ..core.job import RoundState
-from ..core.policy import EpochKind, Plan
-from ..core.proxy import PSPError, TensorRecord, records_to_state
+from ..core.models.proxy import PSPError, TensorRecord, records_to_state
+from ..core.selection.policy import EpochKind, Plan
 from .errors import FailedPrecondition, Internal, InvalidArgument
 from .job_table import JobEntry, JobTable
 from .limits import Limits

@@ -31,8 +31,13 @@ import ray
 import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from ..core.decoders import Normalizer
-from ..core.distributed_selection import (
+from ..core.data.decoders import Normalizer
+from ..core.data.shards import DatasetManifest, ShardError, shard_groups
+from ..core.data.stream import ShardStream
+from ..core.job import JobSpec
+from ..core.models.models import build_architecture
+from ..core.registry import load_plugin_modules, plugin_modules
+from ..core.selection.distributed_selection import (
     Census,
     DistributedSelection,
     RangeQuery,
@@ -40,13 +45,8 @@ from ..core.distributed_selection import (
     Summary,
     Thresholds,
 )
-from ..core.job import JobSpec
-from ..core.models import build_architecture
-from ..core.registry import load_plugin_modules, plugin_modules
-from ..core.scoring import score_batches
-from ..core.selection_rules import PartView, round_seed, rule_select, view_part
-from ..core.shards import DatasetManifest, ShardError, shard_groups
-from ..core.stream import ShardStream
+from ..core.selection.scoring import score_batches
+from ..core.selection.selection_rules import PartView, round_seed, rule_select, view_part
 from .errors import Internal
 
 __all__ = ["ScorerActor", "JobScorers", "PartHolder", "PartMissing", "scorer_name",

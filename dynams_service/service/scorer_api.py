@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
+    from ..core.data.shards import DatasetManifest
     from ..core.job import JobSpec
-    from ..core.shards import DatasetManifest
 
 __all__ = ["Scorers", "ScorerFactory", "start_ray_scorers"]
 

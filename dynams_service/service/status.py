@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.job import JobSpec, JobState, RoundState
-from ..core.policy import Plan
+from ..core.selection.policy import Plan
 from .job_record import Job, Quarantined
 from .job_table import JobEntry
 from .rounds import Round

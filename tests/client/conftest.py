@@ -13,7 +13,7 @@ from dynams_service import write_shards
 @pytest.fixture(scope="session")
 def shard_root(tmp_path_factory, small_shards, fashion_mnist_dir) -> Path:
     """shards/train (the 4000-sample set) and shards/test (1000 test images)."""
-    from dynams_service.core.idx import load_idx_split
+    from dynams_service.core.data.idx import load_idx_split
 
     root = tmp_path_factory.mktemp("ddp") / "shards"
     shutil.copytree(small_shards[0], root / "train")

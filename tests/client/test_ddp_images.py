@@ -15,7 +15,7 @@ from .test_ddp import finish, torchrun
 def test_resnet18_on_jpeg_shards_two_ranks(server_factory, tmp_path, jpeg_shards,
                                            fashion_mnist_dir):
     from benchmarks.jpeg_data import jpeg_items
-    from dynams_service.core.shards import write_encoded_shards
+    from dynams_service.core.data.shards import write_encoded_shards
 
     root = tmp_path / "shards"
     shutil.copytree(jpeg_shards[0], root / "train")

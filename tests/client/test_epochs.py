@@ -13,7 +13,7 @@ from dynams_service.client.epochs import EpochFetcher
 from dynams_service.client.errors import RoundFailedError
 from dynams_service.client.push import PushScheduler
 from dynams_service.core.job import SelectionKind
-from dynams_service.core.partition import epoch_order, rank_part, uniform_subset
+from dynams_service.core.selection.partition import epoch_order, rank_part, uniform_subset
 from dynams_service.service.metrics import InMemoryMetrics
 from dynams_service.service.server import SelectorServer
 from tests.service.conftest import make_spec

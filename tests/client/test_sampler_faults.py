@@ -12,7 +12,7 @@ import pytest
 
 from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy
 from dynams_service.client import DynaMSSampler, SelectorClient, SelectorJob
-from dynams_service.core.proxy import export_psp
+from dynams_service.core.models.proxy import export_psp
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dynams_service.core.decoders import (
+from dynams_service.core.data.decoders import (
     DecodeError,
     Decoder,
     ImageDecoder,
@@ -121,7 +121,7 @@ def test_operator_decoder_registers_and_builds():
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_header_gives_format_and_size(fmt, channels):
-    from dynams_service.core.image_headers import image_format, image_size
+    from dynams_service.core.data.image_headers import image_format, image_size
 
     shape = (13, 21) if channels == 1 else (13, 21, 3)
     data = encode(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8), fmt)

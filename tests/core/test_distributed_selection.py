@@ -16,14 +16,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynams_service.core import distributed_selection as ds
-from dynams_service.core.distributed_selection import (
+from dynams_service.core.selection import distributed_selection as ds
+from dynams_service.core.selection.distributed_selection import (
     DEFAULT_BINS,
     SelectionPart,
     distributed_select,
     max_passes,
 )
-from dynams_service.core.selection import budget, select
+from dynams_service.core.selection.selection import budget, select
 
 INF = float("inf")
 # Few distinct values, with ±inf, signed zeros and the extremes of each float width.

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from dynams_service.core.dataset_access import DatasetAccess, DatasetAccessDenied
-from dynams_service.core.shards import (
+from dynams_service.core.data.shards import (
     MANIFEST_NAME,
     DatasetNotFound,
     ShardError,
     read_manifest,
     verify_dataset,
 )
+from dynams_service.service.dataset_access import DatasetAccess, DatasetAccessDenied
 
 
 @pytest.fixture()

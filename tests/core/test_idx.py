@@ -7,7 +7,7 @@ import gzip
 import numpy as np
 import pytest
 
-from dynams_service.core.idx import IDXError, load_idx_split, read_idx
+from dynams_service.core.data.idx import IDXError, load_idx_split, read_idx
 
 # The first labels of upstream Fashion-MNIST (ankle boot, T-shirt, T-shirt, dress, …).
 FIRST_LABELS = {"train": [9, 0, 0, 3, 0, 2, 7, 2, 5, 5], "test": [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]}

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dynams_service import JobSpec, ProxySpec, SelectionPolicy
+from dynams_service.core.data.shards import DatasetFingerprint
 from dynams_service.core.job import spec_differences
-from dynams_service.core.shards import DatasetFingerprint
 
 
 def spec(**changes) -> JobSpec:

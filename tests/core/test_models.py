@@ -7,14 +7,18 @@ import torch
 from torch import nn
 
 from dynams_service import SlimCNN, SlimResNet18, build_architecture
-from dynams_service.core.models import (
+from dynams_service.core.models.models import (
     SlimmableModel,
     count_macs,
     count_parameters,
     register_architecture,
 )
-from dynams_service.core.proxy import build_proxy, export_psp
-from dynams_service.core.slimmable import SlimmableConv2d, SwitchableBatchNorm2d, scaled_channels
+from dynams_service.core.models.proxy import build_proxy, export_psp
+from dynams_service.core.models.slimmable import (
+    SlimmableConv2d,
+    SwitchableBatchNorm2d,
+    scaled_channels,
+)
 
 CASES = [("fmnist-cnn", (1, 28, 28)), ("cifar-resnet18", (3, 32, 32))]
 

@@ -7,8 +7,8 @@ import doctest
 import numpy as np
 import pytest
 
-from dynams_service.core import partition
-from dynams_service.core.partition import rank_count, rank_part
+from dynams_service.core.selection import partition
+from dynams_service.core.selection.partition import rank_count, rank_part
 from dynams_service.protocol import indices_from_chunks, pb, selection_chunks
 
 

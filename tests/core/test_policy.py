@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from dynams_service import SelectionPolicy
-from dynams_service.core.policy import EpochKind
+from dynams_service.core.selection.policy import EpochKind
 
 
 def test_defaults_follow_the_architecture():

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from dynams_service import SlimCNN
-from dynams_service.core.proxy import PSPError, TensorRecord, build_proxy, export_psp, proxy_schema
+from dynams_service.core.models.proxy import (
+    PSPError,
+    TensorRecord,
+    build_proxy,
+    export_psp,
+    proxy_schema,
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64])

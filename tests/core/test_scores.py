@@ -7,14 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dynams_service.core import scores as scores_module
-from dynams_service.core.margin import margins
-from dynams_service.core.proxy import build_proxy, export_psp
+from dynams_service.core.data.shards import decode_samples, read_shards
+from dynams_service.core.models.proxy import build_proxy, export_psp
 from dynams_service.core.registry import UnknownName
-from dynams_service.core.scores import ScoringProxy, get_score, register_score, scores
-from dynams_service.core.scoring import score, score_batches
-from dynams_service.core.selection import select
-from dynams_service.core.shards import decode_samples, read_shards
+from dynams_service.core.selection import scores as scores_module
+from dynams_service.core.selection.margin import margins
+from dynams_service.core.selection.scores import ScoringProxy, get_score, register_score, scores
+from dynams_service.core.selection.scoring import score, score_batches
+from dynams_service.core.selection.selection import select
 
 
 @pytest.fixture(scope="module")

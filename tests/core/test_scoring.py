@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from dynams_service import build_architecture, margins, score, select
-from dynams_service.core.proxy import build_proxy, export_psp
-from dynams_service.core.shards import decode_samples, read_shards
+from dynams_service.core.data.shards import decode_samples, read_shards
+from dynams_service.core.models.proxy import build_proxy, export_psp
 
 
 def test_proxy_scores_equal_the_model_at_width(fashion_mnist_shards):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dynams_service import select
-from dynams_service.core.selection import budget, class_quotas
+from dynams_service.core.selection.selection import budget, class_quotas
 
 
 def reference_select(scores, labels, ratio, per_class):

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from dynams_service.core.distributed_selection import SelectionPart
-from dynams_service.core.selection import class_quotas, select
-from dynams_service.core.selection_rules import (
+from dynams_service.core.selection.distributed_selection import SelectionPart
+from dynams_service.core.selection.selection import class_quotas, select
+from dynams_service.core.selection.selection_rules import (
     SelectionRule,
     round_seed,
     rule_select,

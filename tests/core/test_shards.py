@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dynams_service import read_manifest, write_shards
-from dynams_service.core.shards import (
+from dynams_service.core.data.shards import (
     MANIFEST_NAME,
     ShardError,
     decode_samples,

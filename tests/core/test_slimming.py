@@ -10,11 +10,11 @@ import torchvision.models as tvm
 from torch import nn
 
 from dynams_service.client.joint_training import JointPSP, psp_loss
-from dynams_service.core.models import register_architecture
-from dynams_service.core.proxy import build_proxy, export_psp
-from dynams_service.core.scoring import score
-from dynams_service.core.slimming import SlimmedNetwork, SlimmingError, make_slimmable
-from dynams_service.core.slimming.layers import SwitchableNorm, WidthConv2d, WidthLinear
+from dynams_service.core.models.models import register_architecture
+from dynams_service.core.models.proxy import build_proxy, export_psp
+from dynams_service.core.models.slimming import SlimmedNetwork, SlimmingError, make_slimmable
+from dynams_service.core.models.slimming.layers import SwitchableNorm, WidthConv2d, WidthLinear
+from dynams_service.core.selection.scoring import score
 
 CONVERTED = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
              "regnet_y_400mf", "vgg11_bn", "convnext_tiny"]

@@ -19,9 +19,8 @@ from dynams_service import (
     score,
     write_image_folder,
 )
-from dynams_service.core.decoders import Normalizer
-from dynams_service.core.scoring import score_batches
-from dynams_service.core.shards import (
+from dynams_service.core.data.decoders import Normalizer
+from dynams_service.core.data.shards import (
     CorruptSample,
     ShardError,
     decode_samples,
@@ -29,7 +28,8 @@ from dynams_service.core.shards import (
     verify_dataset,
     write_shards_from_dataset,
 )
-from dynams_service.core.stream import ShardStream, verify_samples
+from dynams_service.core.data.stream import ShardStream, verify_samples
+from dynams_service.core.selection.scoring import score_batches
 
 
 def stream_margins(stream: ShardStream, proxy) -> torch.Tensor:

@@ -13,7 +13,7 @@ import threading
 
 import pyarrow.fs as pafs
 
-from dynams_service.core.manifest import MANIFEST_NAME, register_filesystem
+from dynams_service.core.data.manifest import MANIFEST_NAME, register_filesystem
 
 GATE = threading.Event()  # set: manifests are served; cleared: they wait
 GATE.set()

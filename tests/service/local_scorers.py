@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from dynams_service import score, select
+from dynams_service.core.data.shards import DatasetManifest, decode_samples, read_shards
 from dynams_service.core.job import JobSpec
-from dynams_service.core.models import build_architecture
-from dynams_service.core.proxy import load_proxy
-from dynams_service.core.shards import DatasetManifest, decode_samples, read_shards
+from dynams_service.core.models.models import build_architecture
+from dynams_service.core.models.proxy import load_proxy
 from dynams_service.service.errors import Internal
 
 

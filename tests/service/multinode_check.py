@@ -230,7 +230,7 @@ def run(args: argparse.Namespace, temp: Path, out: Path) -> dict[str, Any]:
 
     from dynams_service import build_architecture, read_manifest
     from dynams_service.client import SelectorClient
-    from dynams_service.core.proxy import export_psp
+    from dynams_service.core.models.proxy import export_psp
     from dynams_service.service.server import SelectorServer
 
     manifest = read_manifest(args.dataset)

@@ -1,7 +1,7 @@
 """An operator's plug-in module, as ``dynams serve --models tests.service.score_plugin``
 loads it: one function and one ``register_score`` call make a new score."""
 
-from dynams_service.core.scores import register_score
+from dynams_service.core.selection.scores import register_score
 
 
 def true_logit(proxy, inputs, labels):

@@ -9,7 +9,7 @@ import torch
 
 from dynams_service.client import SelectorClient, SelectorError
 from dynams_service.core.job import RoundState
-from dynams_service.core.proxy import TensorRecord, export_psp
+from dynams_service.core.models.proxy import TensorRecord, export_psp
 from dynams_service.proto.dynams.v1 import selector_pb2_grpc
 from dynams_service.protocol import pb, records_to_chunks, spec_to_proto
 

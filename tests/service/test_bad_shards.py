@@ -19,7 +19,7 @@ import pytest
 from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy, write_shards
 from dynams_service.client import SelectorClient, SelectorError, Status
 from dynams_service.core.job import RoundState
-from dynams_service.core.proxy import TensorRecord, export_psp
+from dynams_service.core.models.proxy import TensorRecord, export_psp
 from dynams_service.service.server import SelectorServer
 
 from .conftest import make_spec

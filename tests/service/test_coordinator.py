@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from dynams_service.core.job import JobState, RoundState, SelectionKind
-from dynams_service.core.partition import epoch_order
-from dynams_service.core.proxy import TensorRecord, export_psp
+from dynams_service.core.models.proxy import TensorRecord, export_psp
+from dynams_service.core.selection.partition import epoch_order
 from dynams_service.service.coordinator import JobCoordinator
 from dynams_service.service.errors import (
     AlreadyExists,
@@ -288,7 +288,7 @@ def test_a_corrupt_saved_round_quarantines_only_that_job(tmp_path, small_shards,
     lambda j: j.deleted().with_round(j.rounds[0]),
 ])
 def test_impossible_job_transitions_are_refused(move, small_shards):
-    from dynams_service.core.dataset_access import DatasetAccess
+    from dynams_service.service.dataset_access import DatasetAccess
     from dynams_service.service.job_preparation import prepare_job
 
     job = prepare_job(make_spec(small_shards), DatasetAccess(()))

@@ -29,10 +29,10 @@ from dynams_service import (
     select,
 )
 from dynams_service.client import Reason, RoundInfo, SelectorClient, SelectorError, Status
-from dynams_service.core.decoders import ImageDecoder, Normalizer
+from dynams_service.core.data.decoders import ImageDecoder, Normalizer
+from dynams_service.core.data.shards import decode_samples, read_shards
 from dynams_service.core.job import RoundState, SelectionKind
-from dynams_service.core.proxy import build_proxy, export_psp
-from dynams_service.core.shards import decode_samples, read_shards
+from dynams_service.core.models.proxy import build_proxy, export_psp
 
 from ..core.test_stream import corrupt_row
 from .conftest import canonical_from_parts, gather
@@ -141,7 +141,7 @@ def test_operator_decoder_loads_with_models_flag(tmp_path, jpeg_shards, resnet):
     plugin.parent.mkdir()
     plugin.write_text(
         "from dynams_service import register_decoder\n"
-        "from dynams_service.core.decoders import ImageDecoder\n\n\n"
+        "from dynams_service.core.data.decoders import ImageDecoder\n\n\n"
         "class Flipped(ImageDecoder):\n"
         "    def decode(self, column):\n"
         "        return super().decode(column).flip(-1)\n\n\n"

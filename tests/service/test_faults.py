@@ -17,9 +17,9 @@ import torch
 
 from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy, score, select
 from dynams_service.client import SelectorClient, SelectorError, Status
+from dynams_service.core.data.shards import decode_samples, read_shards
 from dynams_service.core.job import RoundState
-from dynams_service.core.proxy import TensorRecord, build_proxy, export_psp
-from dynams_service.core.shards import decode_samples, read_shards
+from dynams_service.core.models.proxy import TensorRecord, build_proxy, export_psp
 from dynams_service.proto.dynams.v1 import selector_pb2_grpc
 from dynams_service.protocol import records_to_chunks
 

@@ -25,8 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynams_service.client import SelectorClient
-from dynams_service.core.partition import rank_count
-from dynams_service.core.proxy import TensorRecord, export_psp, proxy_schema, records_to_state
+from dynams_service.core.models.proxy import (
+    TensorRecord,
+    export_psp,
+    proxy_schema,
+    records_to_state,
+)
+from dynams_service.core.selection.partition import rank_count
 from dynams_service.proto.dynams.v1 import selector_pb2 as pb
 from dynams_service.proto.dynams.v1 import selector_pb2_grpc
 from dynams_service.protocol import (

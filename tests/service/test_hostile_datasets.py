@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from dynams_service.client import SelectorClient, SelectorError
-from dynams_service.core.shards import MANIFEST_NAME
+from dynams_service.core.data.shards import MANIFEST_NAME
 
 from .conftest import Selector, make_spec
 

@@ -11,8 +11,8 @@ import pytest
 
 from dynams_service import ScorerResources
 from dynams_service.client import SelectorClient, SelectorError, Status
+from dynams_service.core.data.shards import DatasetManifest, write_shards
 from dynams_service.core.job import JobState
-from dynams_service.core.shards import DatasetManifest, write_shards
 from dynams_service.service.coordinator import JobCoordinator
 from dynams_service.service.dataset_identity import DatasetEncoding
 from dynams_service.service.store import StateStore

@@ -18,9 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dynams_service import ScorerResources
 from dynams_service.client import SelectorClient, SelectorError
+from dynams_service.core.data.shards import write_shards
 from dynams_service.core.job import JobState
-from dynams_service.core.proxy import export_psp
-from dynams_service.core.shards import write_shards
+from dynams_service.core.models.proxy import export_psp
 from dynams_service.proto.dynams.v1 import selector_pb2_grpc
 from dynams_service.protocol import pb, records_to_chunks
 from dynams_service.service.errors import DeadlineExceeded

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dynams_service.cli import main as dynams_main
 from dynams_service.client import SelectorClient
-from dynams_service.core.proxy import export_psp
+from dynams_service.core.models.proxy import export_psp
 
 from .conftest import make_spec
 

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from dynams_service import score, select
-from dynams_service.core.proxy import TensorRecord, build_proxy
-from dynams_service.core.shards import decode_samples, read_shards
+from dynams_service.core.data.shards import decode_samples, read_shards
+from dynams_service.core.models.proxy import TensorRecord, build_proxy
 
 CHECK = Path(__file__).with_name("multinode_check.py")
 ROWS_PER_NODE = 2000  # the 4 small shards of 1000 rows, two per scorer

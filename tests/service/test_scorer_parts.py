@@ -14,10 +14,10 @@ import pytest
 import ray
 
 from dynams_service import score, select
-from dynams_service.core.distributed_selection import SelectionPart
-from dynams_service.core.proxy import build_proxy, export_psp, records_to_state, spec_of
-from dynams_service.core.selection_rules import round_seed, rule_select, view_part
-from dynams_service.core.shards import decode_samples, read_shards
+from dynams_service.core.data.shards import decode_samples, read_shards
+from dynams_service.core.models.proxy import build_proxy, export_psp, records_to_state, spec_of
+from dynams_service.core.selection.distributed_selection import SelectionPart
+from dynams_service.core.selection.selection_rules import round_seed, rule_select, view_part
 from dynams_service.service.errors import Internal
 from dynams_service.service.scorer import JobScorers
 

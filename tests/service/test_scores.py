@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from dynams_service.client import SelectorClient, SelectorError, Status
-from dynams_service.core.proxy import build_proxy, export_psp
-from dynams_service.core.scoring import score
-from dynams_service.core.selection import select
-from dynams_service.core.shards import decode_samples, read_shards
+from dynams_service.core.data.shards import decode_samples, read_shards
+from dynams_service.core.models.proxy import build_proxy, export_psp
+from dynams_service.core.selection.scoring import score
+from dynams_service.core.selection.selection import select
 
 from .conftest import Selector, canonical_from_parts, gather, make_spec
 

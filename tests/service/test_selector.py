@@ -10,10 +10,10 @@ import pytest
 
 from dynams_service import score, select
 from dynams_service.client import Reason, SelectorClient, SelectorError, Status
+from dynams_service.core.data.shards import decode_samples, read_shards
 from dynams_service.core.job import RoundState, SelectionKind
-from dynams_service.core.partition import epoch_order
-from dynams_service.core.proxy import build_proxy, export_psp
-from dynams_service.core.shards import decode_samples, read_shards
+from dynams_service.core.models.proxy import build_proxy, export_psp
+from dynams_service.core.selection.partition import epoch_order
 
 from .conftest import canonical_from_parts, gather, make_spec
 

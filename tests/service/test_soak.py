@@ -25,7 +25,7 @@ import ray
 
 from dynams_service import ScorerResources
 from dynams_service.client import SelectorClient, SelectorError
-from dynams_service.core.proxy import export_psp
+from dynams_service.core.models.proxy import export_psp
 
 from .conftest import Selector, make_spec
 from .rawprobe import fuzz

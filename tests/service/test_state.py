@@ -12,8 +12,8 @@ import pytest
 from dynams_service import JobSpec, ScorerResources
 from dynams_service.cli import main as dynams_main
 from dynams_service.client import SelectorClient, SelectorError, Status
+from dynams_service.core.data.shards import read_manifest
 from dynams_service.core.job import JobState
-from dynams_service.core.shards import read_manifest
 from dynams_service.protocol import pb
 from dynams_service.service.dataset_identity import DatasetEncoding
 from dynams_service.service.store import RoundResult, StateStore

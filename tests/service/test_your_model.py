@@ -11,11 +11,11 @@ from torchvision.models import resnet18
 
 from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy, ShardDataset
 from dynams_service.client import JointPSP, SelectorClient, SelectorError, Status, psp_loss
-from dynams_service.core.proxy import TensorRecord, build_proxy, export_psp
-from dynams_service.core.scoring import score
-from dynams_service.core.selection import select
-from dynams_service.core.shards import decode_samples, read_shards
-from dynams_service.core.slimming import make_slimmable
+from dynams_service.core.data.shards import decode_samples, read_shards
+from dynams_service.core.models.proxy import TensorRecord, build_proxy, export_psp
+from dynams_service.core.models.slimming import make_slimmable
+from dynams_service.core.selection.scoring import score
+from dynams_service.core.selection.selection import select
 
 from .conftest import Selector, canonical_from_parts, gather
 

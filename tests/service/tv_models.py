@@ -2,8 +2,8 @@
 
 from torchvision.models import densenet121, resnet18
 
-from dynams_service.core.models import register_architecture
-from dynams_service.core.slimming import make_slimmable
+from dynams_service.core.models.models import register_architecture
+from dynams_service.core.models.slimming import make_slimmable
 
 register_architecture("tv-resnet18", lambda: make_slimmable(
     resnet18(num_classes=10), widths=(1.0, 0.25), input_shape=(3, 32, 32)))

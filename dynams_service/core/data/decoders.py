@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..registry import Registry
 from .image_headers import MAX_IMAGE_PIXELS, image_format, image_size
-from .registry import Registry
 
 __all__ = [
     "DecodeError",

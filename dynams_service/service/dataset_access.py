@@ -13,7 +13,7 @@ import posixpath
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from .manifest import filesystem_schemes
+from ..core.data.manifest import filesystem_schemes
 
 __all__ = ["DatasetAccess", "DatasetAccessDenied", "MalformedDatasetURI", "DEFAULT_SCHEMES"]
 

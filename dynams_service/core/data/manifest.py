@@ -29,8 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from ..registry import Registry, UnknownName
 from .decoders import Decoder, build_decoder
-from .registry import Registry, UnknownName
 
 __all__ = [
     "is_relative_local_path",
@@ -114,7 +114,7 @@ class ShardInfo(BaseModel):
 class DatasetManifest(BaseModel):
     """The dataset's layout: fingerprint, decoder, normalisation and shards.
 
-    ``decoder`` is ``{"name": NAME, **params}`` (see ``dynams_service.core.decoders``);
+    ``decoder`` is ``{"name": NAME, **params}`` (see ``dynams_service.core.data.decoders``);
     ``sample_shape`` is the shape a decoded sample has.
     """
 

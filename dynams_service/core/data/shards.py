@@ -173,7 +173,7 @@ def read_shards(uri: str, shard_ids: Sequence[int] | None = None, *,
     """Read the rows of the given shards (all by default), checking their contents.
 
     Everything is read into memory: for datasets larger than memory, stream them with
-    ``dynams_service.core.stream.ShardStream`` or index them with ``ShardDataset``.
+    ``dynams_service.core.data.stream.ShardStream`` or index them with ``ShardDataset``.
     """
     manifest = manifest or read_manifest(uri)
     decoder = dataset_decoder(manifest)

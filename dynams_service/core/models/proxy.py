@@ -96,7 +96,7 @@ def export_psp(model: SlimmableModel, width: float) -> list[TensorRecord]:
     """The width-``width`` slice of ``model`` as named raw tensors (≈width² of its size).
 
     Example:
-        >>> from dynams_service.core.models import SlimCNN
+        >>> from dynams_service.core.models.models import SlimCNN
         >>> records = export_psp(SlimCNN(), 0.25)
         >>> records[0].name, records[0].shape
         ('conv1.weight', (8, 1, 3, 3))

@@ -22,7 +22,7 @@ know at CreateJob.
 
 Example (an operator's module)::
 
-    from dynams_service.core.scores import register_score
+    from dynams_service.core.selection.scores import register_score
 
     def true_logit(proxy, inputs, labels):
         # the samples the proxy finds least likely to be of their class come first
@@ -39,9 +39,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..models.models import SlimmableModel
+from ..registry import Registry
 from .margin import _check_labels, margins
-from .models import SlimmableModel
-from .registry import Registry
 
 __all__ = [
     "ScoringProxy",

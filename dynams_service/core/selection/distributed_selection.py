@@ -5,7 +5,7 @@ belong to (disjoint across parts) and their labels. The head never gathers the m
 It asks every part for a census (counts and key ranges per group), then for histograms
 over a key range, merges them, narrows the range to the bin that holds the wanted rank,
 and repeats until the threshold is exact. Each part then returns only its selected
-indices and their margins. The result equals :func:`~dynams_service.core.selection.select`
+indices and their margins. The result equals :func:`~dynams_service.core.selection.selection.select`
 on the concatenated margins and labels, ties included (same budget rule, ties broken by
 the lower dataset index, output ascending), globally and per class.
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import Registry, load_plugin_modules
+from ..registry import Registry, load_plugin_modules
 from .slimmable import (
     SlimmableConv2d,
     SlimmableLinear,
@@ -85,7 +85,7 @@ class SlimmableModel(nn.Module):
             elif own and not _inside_slimmable(self, prefix):
                 raise TypeError(
                     f"module {prefix!r} ({type(module).__name__}) holds tensors but is not "
-                    "slimmable; build models from dynams_service.core.slimmable layers"
+                    "slimmable; build models from dynams_service.core.models.slimmable layers"
                 )
         return state
 

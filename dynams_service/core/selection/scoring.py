@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .models import SlimmableModel
+from ..models.models import SlimmableModel
 from .scores import DEFAULT_SCORE, ScoringProxy, get_score
 
 __all__ = ["score", "score_batches"]
