@@ -155,3 +155,33 @@ def pytest_collection_modifyitems(config, items):
         path = item.path
         if path.name in TORCHRUN_MODULES or path.parent.name == "benchmarks":
             item.add_marker(pytest.mark.slow)
+
+
+def local_server(state_dir: Path, **kwargs):
+    """A started selector on 127.0.0.1 whose scorers run in this process (no Ray): for
+    what the wire, the servicer and the coordinator do. Its ``cluster`` steers them."""
+    from dynams_service.service.metrics import InMemoryMetrics
+    from dynams_service.service.server import SelectorServer
+    from tests.service.local_scorers import LocalCluster
+
+    cluster = LocalCluster()
+    server = SelectorServer("127.0.0.1:0", state_dir=state_dir, scorer_factory=cluster,
+                            metrics=InMemoryMetrics(), **kwargs).start()
+    server.cluster = cluster
+    return server
+
+
+@pytest.fixture()
+def local_server_factory(tmp_path):
+    """``local_server`` per call (default state dir ``tmp_path/state``); all stopped at
+    teardown."""
+    servers = []
+
+    def start(state_dir: Path | None = None, **kwargs):
+        server = local_server(state_dir or tmp_path / "state", **kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(grace=0)

@@ -17,9 +17,9 @@ from .conftest import make_spec
 
 
 @pytest.fixture()
-def live(server_factory, small_shards, trained_model):
+def live(local_server_factory, small_shards, trained_model):
     """A server with one healthy job whose round 0 is done."""
-    server = server_factory()
+    server = local_server_factory()
     client = SelectorClient(server.address, retries=0)
     spec = make_spec(small_shards, job_id="healthy")
     client.create_job(spec)

@@ -20,7 +20,7 @@ from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy,
 from dynams_service.client import SelectorClient, SelectorError, Status
 from dynams_service.core.job import RoundState
 from dynams_service.core.models.proxy import TensorRecord, export_psp
-from dynams_service.service.server import SelectorServer
+from tests.conftest import local_server
 
 from .conftest import make_spec
 
@@ -142,10 +142,10 @@ class Waiting:
 
 
 @pytest.fixture(scope="module")
-def waiting(ray_cluster, small_shards, trained_model, tmp_path_factory) -> Iterator[Waiting]:
-    """A server with one job created (scorers up) and no weights pushed."""
+def waiting(small_shards, trained_model, tmp_path_factory) -> Iterator[Waiting]:
+    """A server with one job created (in-process scorers up) and no weights pushed."""
     state_dir = tmp_path_factory.mktemp("push-state")
-    server = SelectorServer("127.0.0.1:0", state_dir=state_dir).start()
+    server = local_server(state_dir)
     client = SelectorClient(server.address, retries=0, timeout=60)
     try:
         spec = make_spec(small_shards, job_id="waiting")

@@ -45,7 +45,7 @@ from dynams_service.protocol import (
 )
 from dynams_service.service.limits import Limits
 from dynams_service.service.server import SelectorServer
-from tests.conftest import SMALL_N
+from tests.conftest import SMALL_N, local_server
 
 from .conftest import make_spec
 
@@ -121,10 +121,11 @@ def _snapshot(stub: selector_pb2_grpc.SelectorStub, state_dir: Path) -> dict[str
 
 
 @pytest.fixture(scope="module")
-def live(ray_cluster, small_shards, trained_model, tmp_path_factory) -> Iterator[Live]:
-    """A live selector with one healthy job whose round 0 (epoch 1) is done."""
+def live(small_shards, trained_model, tmp_path_factory) -> Iterator[Live]:
+    """A live selector (in-process scorers) with one healthy job whose round 0 (epoch 1)
+    is done."""
     state_dir = tmp_path_factory.mktemp("fuzz-state")
-    server = SelectorServer("127.0.0.1:0", state_dir=state_dir).start()
+    server = local_server(state_dir)
     channel = grpc.insecure_channel(server.address)
     try:
         spec = make_spec(small_shards, job_id=HEALTHY)
@@ -294,8 +295,10 @@ def test_fuzz_get_selection(live: Live, job_id: str, epoch: int, rank: int, worl
             errors.add(C.INVALID_ARGUMENT)
         elif epoch >= 2:
             errors.add(C.FAILED_PRECONDITION)  # rounds 1 and 2 never get weights here
+    # The selector waits for a round's weights up to the deadline: keep the doomed short.
+    timeout = 1.0 if C.FAILED_PRECONDITION in errors else CALL_TIMEOUT
     _, answer = _call("GetSelection", lambda: indices_from_chunks(
-        live.stub.GetSelection(request, timeout=CALL_TIMEOUT)), errors or {C.OK})
+        live.stub.GetSelection(request, timeout=timeout)), errors or {C.OK})
     if answer is not None:
         header, indices = answer
         canonical = SMALL_N if epoch == 0 else SELECTED

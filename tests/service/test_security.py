@@ -14,8 +14,8 @@ from dynams_service.client import SelectorClient, SelectorError, Status
 from dynams_service.proto import generate
 
 
-def test_token_is_required_except_for_health(server_factory):
-    server = server_factory(token="s3cret-token")
+def test_token_is_required_except_for_health(local_server_factory):
+    server = local_server_factory(token="s3cret-token")
     with SelectorClient(server.address, retries=0) as anonymous:
         with pytest.raises(SelectorError) as info:
             anonymous.list_jobs()
@@ -35,8 +35,8 @@ def test_token_is_required_except_for_health(server_factory):
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_health_and_reflection_name_the_service(server_factory):
-    server = server_factory()
+def test_health_and_reflection_name_the_service(local_server_factory):
+    server = local_server_factory()
     channel = grpc.insecure_channel(server.address)
     reply = health_pb2_grpc.HealthStub(channel).Check(
         health_pb2.HealthCheckRequest(service="dynams.v1.Selector"), timeout=5)
@@ -56,8 +56,8 @@ def test_regenerating_the_protocol_changes_nothing(tmp_path):
         assert filecmp.cmp(committed / name, fresh / name, shallow=False), name
 
 
-def test_duplicate_authorization_headers_are_refused(server_factory):
-    server = server_factory(token="s3cret-token")
+def test_duplicate_authorization_headers_are_refused(local_server_factory):
+    server = local_server_factory(token="s3cret-token")
     stub = SelectorClient(server.address, retries=0)._stub
     from dynams_service.protocol import pb
 

@@ -113,17 +113,17 @@ def _code(call) -> SelectorError:
     return info.value
 
 
-def test_a_client_trusting_the_ca_connects(server_factory, pki: PKI) -> None:
+def test_a_client_trusting_the_ca_connects(local_server_factory, pki: PKI) -> None:
     """A TLS client with the CA's certificate lists jobs; reads work over TLS."""
-    server = server_factory(tls=pki.server)
+    server = local_server_factory(tls=pki.server)
     with SelectorClient(server.address, tls_ca=pki.ca, retries=0, timeout=30) as client:
         assert client.list_jobs() == []
         assert _code(lambda: client.get_job("nope")).status == Status.NOT_FOUND
 
 
-def test_plaintext_and_untrusted_clients_cannot_connect(server_factory, pki: PKI) -> None:
+def test_plaintext_and_untrusted_clients_cannot_connect(local_server_factory, pki: PKI) -> None:
     """A plaintext client and a client trusting another CA fail the handshake: UNAVAILABLE."""
-    server = server_factory(tls=pki.server)
+    server = local_server_factory(tls=pki.server)
     with SelectorClient(server.address, retries=0, timeout=10) as plaintext:
         assert _code(plaintext.list_jobs).status == Status.UNAVAILABLE
     with SelectorClient(server.address, tls_ca=pki.other_ca, retries=0, timeout=10) as other:
@@ -132,14 +132,14 @@ def test_plaintext_and_untrusted_clients_cannot_connect(server_factory, pki: PKI
         assert trusted.list_jobs() == []  # the failed handshakes left the server serving
 
 
-def test_token_over_tls_is_checked_and_never_logged(server_factory, pki: PKI,
+def test_token_over_tls_is_checked_and_never_logged(local_server_factory, pki: PKI,
                                                     caplog: pytest.LogCaptureFixture,
                                                     capfd: pytest.CaptureFixture[str]) -> None:
     """TLS + bearer token: a wrong or missing token is UNAUTHENTICATED; no token in any log."""
     token = "tls-s3cret-" + secrets.token_hex(16)
     wrong = token[:-1] + ("0" if token[-1] != "0" else "1")  # a near miss, e.g. a typo
     caplog.set_level(logging.DEBUG)
-    server = server_factory(tls=pki.server, token=token)
+    server = local_server_factory(tls=pki.server, token=token)
     with SelectorClient(server.address, tls_ca=pki.ca, token=wrong, retries=0,
                         timeout=30) as client:
         for call in (client.list_jobs, lambda: client.get_job("x"),
