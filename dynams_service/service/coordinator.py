@@ -64,9 +64,7 @@ class JobCoordinator:
         self.limits = limits or Limits()
         self.access = DatasetAccess(self.limits.dataset_roots)
         self.table = JobTable()
-        self._stopping = False  # shutdown() began: rounds in flight end without an alarm
-        self.rounds = RoundRunner(self.table, store, self.metrics, self.limits,
-                                  scorer_factory, stopping=lambda: self._stopping)
+        self.rounds = RoundRunner(self.table, store, self.metrics, self.limits, scorer_factory)
         self.epochs = EpochServer(self.table, self.metrics, self.limits)
 
     # --- restore ----------------------------------------------------------------------
@@ -312,7 +310,6 @@ class JobCoordinator:
     def shutdown(self) -> None:
         """Stop every job's scorers (state is already on disk)."""
         with self.table.lock:
-            self._stopping = True
             entries = list(self.table.entries.values())
             self.table.changed.notify_all()
         for entry in entries:

@@ -61,6 +61,11 @@ class Internal(SelectorError):
     code = "INTERNAL"
 
 
+class ScorersReleased(Internal):
+    """A job's scorers were stopped (the job deleted, released when idle, the selector
+    stopping) while a round used them: the round ends, and nothing else is wrong."""
+
+
 class PermissionDenied(SelectorError):
     code = "PERMISSION_DENIED"
 

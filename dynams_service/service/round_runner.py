@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 import numpy as np
 
 from ..core.job import RoundState
 from ..core.models.proxy import PSPError, TensorRecord, records_to_state
 from ..core.selection.policy import EpochKind, Plan
-from .errors import FailedPrecondition, Internal, InvalidArgument
+from .errors import FailedPrecondition, InvalidArgument, ScorersReleased
 from .job_table import JobEntry, JobTable
 from .limits import Limits
 from .metrics import Metrics
@@ -33,13 +32,12 @@ class RoundRunner:
     """Commits pushes and runs their rounds, one thread per round."""
 
     def __init__(self, table: JobTable, store: StateStore, metrics: Metrics, limits: Limits,
-                 start_scorers: ScorerFactory, stopping: Callable[[], bool]) -> None:
+                 start_scorers: ScorerFactory) -> None:
         self.table = table
         self.store = store
         self.metrics = metrics
         self.limits = limits
         self.start_scorers = start_scorers
-        self.stopping = stopping  # the selector is shutting down: rounds end quietly
         self.threads = RoundThreads()
 
     def push(self, job_id: str, version: int, epoch: int, records: list[TensorRecord],
@@ -105,8 +103,7 @@ class RoundRunner:
                 return
             self.store.save_round(job_id, result)
         except Exception as exc:  # noqa: BLE001 - reported to waiters and logs
-            if isinstance(exc, Internal) and (entry.deleted or self.stopping()):
-                # its scorers were released under it
+            if isinstance(exc, ScorersReleased):  # the job or the selector ended under it
                 log.info("job %s round %d ended with the job or the selector: %s",
                          job_id, round_, exc)
             else:

@@ -47,7 +47,7 @@ from ..core.selection.distributed_selection import (
 )
 from ..core.selection.scoring import score_batches
 from ..core.selection.selection_rules import PartView, round_seed, rule_select, view_part
-from .errors import Internal
+from .errors import Internal, ScorersReleased
 
 __all__ = ["ScorerActor", "JobScorers", "PartHolder", "PartMissing", "scorer_name",
            "ScoredShards"]
@@ -363,8 +363,8 @@ class JobScorers:
         except RayTaskError as exc:
             raise Internal(f"scorer {self.names[i]} failed rescoring: {exc}") from None
 
-    def _released_error(self) -> Internal:
-        return Internal(f"the scorers of job {self.job_id!r} were released during the "
+    def _released_error(self) -> ScorersReleased:
+        return ScorersReleased(f"the scorers of job {self.job_id!r} were released during the "
                         "round (selector stopping or job deleted)")
 
     def _restart_actor(self, i: int, timeout: float) -> ray.actor.ActorHandle:

@@ -20,7 +20,7 @@ from dynams_service.core.data.shards import DatasetManifest, decode_samples, rea
 from dynams_service.core.job import JobSpec
 from dynams_service.core.models.models import build_architecture
 from dynams_service.core.models.proxy import load_proxy
-from dynams_service.service.errors import Internal
+from dynams_service.service.errors import Internal, ScorersReleased
 
 
 @dataclass
@@ -80,7 +80,7 @@ class LocalScorers:
         started = time.perf_counter()
         self.cluster.gate.wait()
         if self.stopped:
-            raise Internal(f"scorers of job {self.spec.job_id!r} were released")
+            raise ScorersReleased(f"scorers of job {self.spec.job_id!r} were released")
         if self.cluster.failures > 0:
             self.cluster.failures -= 1
             raise Internal(f"scorer of job {self.spec.job_id!r} died")

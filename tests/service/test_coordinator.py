@@ -8,6 +8,7 @@ test_faults.py, test_state.py and test_limits.py.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -200,7 +201,7 @@ def test_a_scoring_job_is_not_reaped(selector, small_shards, trained_model):
 
 
 def test_deleting_a_job_mid_round_ends_its_waiters_and_keeps_nothing(
-        selector, small_shards, trained_model, tmp_path):
+        selector, small_shards, trained_model, tmp_path, caplog):
     spec = make_spec(small_shards)
     selector.create_job(spec)
     selector.cluster.gate.clear()
@@ -219,8 +220,13 @@ def test_deleting_a_job_mid_round_ends_its_waiters_and_keeps_nothing(
     assert selector.delete_job(spec.job_id)
     waiter.join(10)
     assert [str(e) for e in errors] == ["job 'fmnist-small' was deleted"]
-    selector.cluster.gate.set()
-    assert selector.rounds.threads.join()
+    with caplog.at_level(logging.INFO, logger="dynams_service.service.round_runner"):
+        selector.cluster.gate.set()
+        assert selector.rounds.threads.join()
+    # The released scorers end the round quietly: INFO, no traceback.
+    [ended] = [r for r in caplog.records if r.name.endswith("round_runner")]
+    assert ended.levelno == logging.INFO and ended.exc_info is None
+    assert "ended with the job or the selector" in ended.getMessage()
     assert selector.cluster.running(spec.job_id) == []
     assert not (tmp_path / "state/jobs/fmnist-small").exists()
     selector.create_job(spec)  # the id is free again, with fresh rounds
