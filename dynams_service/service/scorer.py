@@ -290,6 +290,8 @@ class JobScorers:
         with contextlib.suppress(GetTimeoutError, RayActorError, RayTaskError):
             # What each scorer holds now (its cache fills during its first round).
             self.infos = ray.get([a.info.remote() for a in self.actors], timeout=30)
+        if self._released:  # released while the round started: its actors are gone
+            raise self._released_error()
         rows = sum(results.values())
         if rows != self.num_samples:
             raise Internal(f"job {self.job_id!r}: scorers hold {rows} margins, the dataset "
