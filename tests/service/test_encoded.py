@@ -111,13 +111,13 @@ def test_corrupt_image_fails_the_round_naming_shard_and_row(server_factory, jpeg
     assert "shard-00002.parquet row 11" in info.value.details
 
 
-def test_unregistered_decoder_is_invalid_argument(server_factory, jpeg_shards, tmp_path):
+def test_unregistered_decoder_is_invalid_argument(local_server_factory, jpeg_shards, tmp_path):
     uri = tmp_path / "custom"
     shutil.copytree(jpeg_shards[0], uri)
     manifest = json.loads((uri / "dynams-dataset.json").read_text())
     manifest["decoder"] = {"name": "webdataset-tar", "size": [3, 32, 32]}
     (uri / "dynams-dataset.json").write_text(json.dumps(manifest))
-    client = SelectorClient(server_factory().address)
+    client = SelectorClient(local_server_factory().address)
     with pytest.raises(SelectorError) as info:
         client.create_job(image_spec(jpeg_shards, "jpeg-unknown-decoder", uri=str(uri)))
     assert info.value.status == Status.INVALID_ARGUMENT
@@ -125,9 +125,9 @@ def test_unregistered_decoder_is_invalid_argument(server_factory, jpeg_shards, t
     assert "'image'" in info.value.details  # lists what is registered
 
 
-def test_architecture_that_cannot_read_the_samples_is_invalid_argument(server_factory,
+def test_architecture_that_cannot_read_the_samples_is_invalid_argument(local_server_factory,
                                                                        jpeg_shards):
-    client = SelectorClient(server_factory().address)
+    client = SelectorClient(local_server_factory().address)
     with pytest.raises(SelectorError) as info:
         client.create_job(image_spec(jpeg_shards, "jpeg-wrong-arch", architecture="fmnist-cnn"))
     assert info.value.status == Status.INVALID_ARGUMENT

@@ -35,7 +35,7 @@ def images_labels(fashion_mnist_train):
     return images[:N, None], labels[:N]  # (N, 1, 28, 28)
 
 
-def test_a_dataset_rewritten_with_another_shape_is_another_job(server_factory, tmp_path,
+def test_a_dataset_rewritten_with_another_shape_is_another_job(local_server_factory, tmp_path,
                                                                 images_labels):
     images, labels = images_labels
     uri = tmp_path / "data"
@@ -43,7 +43,7 @@ def test_a_dataset_rewritten_with_another_shape_is_another_job(server_factory, t
     spec = make_spec((str(uri), manifest), "reshaped").model_copy(
         update={"resources": ONE_SCORER})
     state = tmp_path / "state"
-    server = server_factory(state_dir=state)
+    server = local_server_factory(state_dir=state)
     client = SelectorClient(server.address, retries=0)
     first = client.create_job(spec)
     assert client.create_job(spec).scorers == first.scorers  # identical: idempotent
@@ -56,7 +56,7 @@ def test_a_dataset_rewritten_with_another_shape_is_another_job(server_factory, t
     assert "sample shape [1, 28, 28] -> [1, 14, 14]" in info.value.details
 
     server.stop(grace=0)  # a restart finds the job's dataset changed under it
-    client = SelectorClient(server_factory(state_dir=state).address, retries=0)
+    client = SelectorClient(local_server_factory(state_dir=state).address, retries=0)
     [job] = client.list_jobs()
     assert job.state == JobState.FAILED and "[1, 28, 28] -> [1, 14, 14]" in job.error
     with pytest.raises(SelectorError) as info:

@@ -34,8 +34,8 @@ def light(small_shards, job_id: str, uri: str | None = None):
         "resources": spec.resources.model_copy(update={"num_scorers": 1, "num_cpus": 0})})
 
 
-def test_a_slow_dataset_blocks_only_its_own_job(server_factory, small_shards, gate):
-    server = server_factory()
+def test_a_slow_dataset_blocks_only_its_own_job(local_server_factory, small_shards, gate):
+    server = local_server_factory()
     client = SelectorClient(server.address, retries=0)
     client.create_job(light(small_shards, "existing"))
 

@@ -16,9 +16,9 @@ from dynams_service.core.selection.selection import select
 from .conftest import Selector, canonical_from_parts, gather, make_spec
 
 
-def test_unknown_score_is_invalid_argument_naming_the_known_ones(server_factory,
+def test_unknown_score_is_invalid_argument_naming_the_known_ones(local_server_factory,
                                                                  small_shards):
-    client = SelectorClient(server_factory().address)
+    client = SelectorClient(local_server_factory().address)
     with pytest.raises(SelectorError) as info:
         client.create_job(make_spec(small_shards, job_id="unknown-score", score="cosine"))
     assert info.value.status == Status.INVALID_ARGUMENT
