@@ -67,10 +67,6 @@ class JobTable:
             entry.last_used = time.monotonic()
         return entry
 
-    def known(self, job_id: str) -> bool:
-        """Live or quarantined (lock held)."""
-        return job_id in self.entries or job_id in self.quarantined
-
     def count(self) -> int:
         """Live jobs and those being created, for admission (lock held)."""
         return len(self.entries) + len(self.creating)
@@ -115,7 +111,3 @@ class JobTable:
                 entry.record = entry.record.deleted()
             self.changed.notify_all()
         return entry
-
-    def live(self) -> list[JobEntry]:
-        with self.lock:
-            return list(self.entries.values())

@@ -14,19 +14,16 @@ from dynams_service.client.errors import RoundFailedError
 from dynams_service.client.push import PushScheduler
 from dynams_service.core.job import SelectionKind
 from dynams_service.core.selection.partition import epoch_order, rank_part, uniform_subset
-from dynams_service.service.metrics import InMemoryMetrics
-from dynams_service.service.server import SelectorServer
+from tests.conftest import local_server
 from tests.service.conftest import make_spec
-from tests.service.local_scorers import LocalCluster
 
 
 @pytest.fixture()
 def served(tmp_path, small_shards):
     """A selector on 127.0.0.1 with in-process scorers, and one job's fetcher for rank 1
     of 2 (its pusher is rank 0's, so it sends what the test pushes)."""
-    cluster = LocalCluster()
-    server = SelectorServer("127.0.0.1:0", state_dir=tmp_path / "state",
-                            scorer_factory=cluster, metrics=InMemoryMetrics()).start()
+    server = local_server(tmp_path / "state")
+    cluster = server.cluster
     client = SelectorClient(server.address, timeout=10, retries=1)
     spec = make_spec(small_shards)
     job = SelectorJob.create(client, spec)
