@@ -6,7 +6,7 @@ can both use it without depending on each other.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
@@ -37,7 +37,7 @@ __all__ = [
     "PushedWeights",
     "chunks_to_push",
     "selection_chunks",
-    "indices_from_chunks",
+    "selection_from_chunks",
     "ROUND_STATES",
     "JOB_STATES",
     "SELECTION_KINDS",
@@ -246,26 +246,35 @@ def chunks_to_push(chunks: Iterable[pb.WeightsChunk],
 
 
 def selection_chunks(header: pb.SelectionHeader, indices: np.ndarray,
+                     weights_of: Callable[[np.ndarray], np.ndarray] | None = None,
                      chunk: int = INDEX_CHUNK) -> Iterator[pb.SelectionChunk]:
-    """Stream ``indices`` as little-endian int64 bytes, the header on the first chunk.
+    """Stream ``indices`` as little-endian int64 bytes, the header on the first chunk; with
+    ``weights_of`` (indices → their loss weights) each chunk carries its float32 weights.
 
     ``indices`` may be a strided view (a rank's share of the epoch's list): each chunk is
-    made contiguous on its own, so a stream holds one chunk at a time, never a copy of
-    its whole share.
+    made contiguous on its own (and its weights looked up on their own), so a stream holds
+    one chunk at a time, never a copy of its whole share.
     """
-    def piece(start: int) -> bytes:
-        return np.ascontiguousarray(indices[start:start + chunk], dtype="<i8").tobytes()
+    def piece(start: int) -> dict[str, bytes]:
+        part = np.ascontiguousarray(indices[start:start + chunk], dtype="<i8")
+        out = {"indices": part.tobytes()}
+        if weights_of is not None:
+            out["weights"] = np.ascontiguousarray(weights_of(part), dtype="<f4").tobytes()
+        return out
 
-    yield pb.SelectionChunk(header=header, indices=piece(0))
+    yield pb.SelectionChunk(header=header, **piece(0))
     for start in range(chunk, len(indices), chunk):
-        yield pb.SelectionChunk(indices=piece(start))
+        yield pb.SelectionChunk(**piece(start))
 
 
-def indices_from_chunks(chunks: Iterable[pb.SelectionChunk]
-                        ) -> tuple[pb.SelectionHeader, np.ndarray]:
-    """Reassemble a selection stream; checks the count against the header."""
+def selection_from_chunks(chunks: Iterable[pb.SelectionChunk]
+                          ) -> tuple[pb.SelectionHeader, np.ndarray, np.ndarray | None]:
+    """Reassemble a selection stream: its header, the indices and (for a weighted
+    selection) their float32 loss weights. Checks the counts against the header and each
+    weight to be finite and >= 0."""
     header = None
-    parts = []
+    parts: list[np.ndarray] = []
+    weight_parts: list[np.ndarray] = []
     for chunk in chunks:
         if header is None:
             if not chunk.HasField("header"):
@@ -274,9 +283,22 @@ def indices_from_chunks(chunks: Iterable[pb.SelectionChunk]
         if len(chunk.indices) % 8:
             raise ProtocolError(f"indices chunk of {len(chunk.indices)} bytes is not int64s")
         parts.append(np.frombuffer(chunk.indices, dtype="<i8"))
+        if header.weighted:
+            if len(chunk.weights) != 4 * len(parts[-1]):
+                raise ProtocolError(f"weights chunk of {len(chunk.weights)} bytes for "
+                                    f"{len(parts[-1])} indices")
+            weight_parts.append(np.frombuffer(chunk.weights, dtype="<f4"))
+        elif chunk.weights:
+            raise ProtocolError("weights in a selection whose header is not weighted")
     if header is None:
         raise ProtocolError("empty selection stream")
     indices = np.concatenate(parts).astype(np.int64, copy=False) if parts else np.zeros(0, np.int64)
     if len(indices) != header.rank_count:
         raise ProtocolError(f"received {len(indices)} indices, header says {header.rank_count}")
-    return header, indices
+    weights = None
+    if header.weighted:
+        weights = (np.concatenate(weight_parts).astype(np.float32, copy=False)
+                   if weight_parts else np.zeros(0, np.float32))
+        if not bool(np.all(np.isfinite(weights) & (weights >= 0))):
+            raise ProtocolError("selection weights must be finite and >= 0")
+    return header, indices, weights

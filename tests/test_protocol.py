@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import pytest
 from pydantic import BaseModel
 
@@ -16,6 +17,8 @@ from dynams_service.protocol import (
     ProtocolError,
     _knobs,
     pb,
+    selection_chunks,
+    selection_from_chunks,
     spec_from_proto,
     spec_to_proto,
 )
@@ -45,7 +48,7 @@ def test_every_knob_round_trips_and_unset_knobs_take_the_defaults():
     wire = pb.JobSpec.FromString(spec_to_proto(changed).SerializeToString())
     assert spec_from_proto(wire) == changed
     assert all(getattr(changed.policy, k) != getattr(SelectionPolicy(), k)
-               for k in POLICY_KNOBS if k not in ("coverage_strata", "coverage_prune"))
+               for k in POLICY_KNOBS if k not in ("coverage_strata", "coverage_prune", "reweight"))
     wire.ClearField("policy")
     wire.ClearField("resources")
     bare = spec_from_proto(wire)
@@ -100,6 +103,8 @@ def test_malformed_score_name_is_refused():
     {"explore": 0.25},
     {"coverage_strata": 50, "coverage_prune": 0.0},
     {"coverage_strata": 20, "coverage_prune": 0.3},
+    {"explore": 0.5, "reweight": "inverse"},
+    {"explore": 0.5, "reweight": "normalized"},
 ])
 def test_selection_rules_round_trip(rule):
     sent = spec(**rule)
@@ -114,3 +119,29 @@ def test_an_unset_coverage_prune_takes_the_default_and_a_bad_rule_is_refused():
     message.policy.explore = 0.5  # with coverage: refused by the policy
     with pytest.raises(ValueError, match="do not combine"):
         spec_from_proto(message)
+
+
+def test_a_weighted_selection_streams_its_weights_beside_the_indices():
+    indices = np.array([9, 3, 5, 3, 7], dtype=np.int64)
+    table = {3: 1.0, 5: 2.5, 7: 2.5, 9: 1.0}
+    header = pb.SelectionHeader(rank_count=5, weighted=True)
+    chunks = list(selection_chunks(
+        header, indices, lambda part: np.array([table[int(i)] for i in part]), chunk=2))
+    assert len(chunks) == 3 and all(len(c.weights) == 4 * len(c.indices) // 8 for c in chunks)
+    _, got, weights = selection_from_chunks(chunks)
+    np.testing.assert_array_equal(got, indices)
+    np.testing.assert_array_equal(weights, np.array([1.0, 1.0, 2.5, 1.0, 2.5], np.float32))
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda c: setattr(c[1], "weights", c[1].weights[:-4]), "weights chunk of"),
+    (lambda c: setattr(c[0], "weights", np.float32([np.nan]).tobytes()
+                       + c[0].weights[4:]), "finite"),
+    (lambda c: setattr(c[0].header, "weighted", False), "not weighted"),
+])
+def test_malformed_weights_are_a_protocol_error(damage, match):
+    header = pb.SelectionHeader(rank_count=4, weighted=True)
+    chunks = list(selection_chunks(header, np.arange(4), lambda p: np.ones(len(p)), chunk=2))
+    damage(chunks)
+    with pytest.raises(ProtocolError, match=match):
+        selection_from_chunks(chunks)

@@ -1,8 +1,8 @@
 """The trainer side: SelectorClient, SelectorJob, DynaMSSampler and the joint PSP loss.
 
-``JointPSP`` and ``psp_loss`` are plain PyTorch; everything that talks to a selector is
-imported on first use, so a script (or a Lightning module) that only trains jointly does
-not load gRPC.
+``JointPSP``, ``psp_loss``, ``weighted_loss`` and ``WithIndices`` are plain PyTorch;
+everything that talks to a selector is imported on first use, so a script (or a
+Lightning module) that only trains jointly does not load gRPC.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 from .joint_training import JointPSP, psp_loss
+from .loss_weights import EpochWeights, WithIndices, weighted_loss
 
 _LAZY = {
     "SelectorClient": ".client",
@@ -25,7 +26,7 @@ _LAZY = {
     "SamplerCheckpoint": ".checkpoint",
 }
 
-__all__ = ["JointPSP", "psp_loss", *_LAZY]
+__all__ = ["JointPSP", "psp_loss", "weighted_loss", "WithIndices", "EpochWeights", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -23,9 +23,9 @@ from ..protocol import (
     MAX_MESSAGE_BYTES,
     REASON_KEY,
     ProtocolError,
-    indices_from_chunks,
     pb,
     records_to_chunks,
+    selection_from_chunks,
     spec_to_proto,
 )
 from .errors import Reason, SelectorError, Status
@@ -173,11 +173,11 @@ class SelectorClient:
 
     def get_selection(self, job_id: str, epoch: int, rank: int, world_size: int, *,
                       drop_last: bool = False, timeout: float | None = None) -> Selection:
-        """This rank's indices for ``epoch``; waits up to ``timeout`` for the round (its
-        weights and its scoring)."""
+        """This rank's indices for ``epoch`` (and their loss weights for a reweighting
+        policy); waits up to ``timeout`` for the round (its weights and its scoring)."""
         request = pb.GetSelectionRequest(job_id=job_id, epoch=epoch, rank=rank,
                                          world_size=world_size, drop_last=drop_last)
-        return self._call("GetSelection", lambda t: Selection.from_proto(*indices_from_chunks(
+        return self._call("GetSelection", lambda t: Selection.from_proto(*selection_from_chunks(
             self._stub.GetSelection(request, timeout=t, metadata=self._metadata))), timeout)
 
     def close(self) -> None:

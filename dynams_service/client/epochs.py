@@ -30,7 +30,8 @@ from .job import SelectorJob
 from .push import PushScheduler
 from .warn_once import WarnOnce
 
-__all__ = ["EpochFetcher", "EpochSource", "REACHABLE_PROBE_SECONDS", "distributed_rank"]
+__all__ = ["EpochFetcher", "EpochIndices", "EpochSource", "REACHABLE_PROBE_SECONDS",
+           "distributed_rank"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,16 @@ class EpochSource:
     round: int = -1
     weights_version: int = -1
     fetch_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class EpochIndices:
+    """One rank's indices of an epoch and, for a reweighting policy, their loss weights
+    (None: every weight is ``default``: 1, or a fallback subset's uniform weight)."""
+
+    indices: np.ndarray
+    weights: np.ndarray | None = None
+    default: float = 1.0
 
 
 class EpochFetcher:
@@ -115,7 +126,7 @@ class EpochFetcher:
             if self._futures.get(epoch) is future:
                 del self._futures[epoch]
 
-    def _answer(self, epoch: int) -> np.ndarray:
+    def _answer(self, epoch: int) -> EpochIndices:
         started = time.monotonic()
         deadline = started + self.deadline
         client = self.job.client
@@ -138,13 +149,19 @@ class EpochFetcher:
         if len(selection.indices) != expected:
             return self._fallback(epoch, f"selector sent {len(selection.indices)} indices, "
                                   f"the plan says {expected}", time.monotonic() - started)
+        weighted = self.job.spec.policy.reweight != "none" \
+            and selection.kind is SelectionKind.SUBSET
+        if weighted != (selection.weights is not None):
+            return self._fallback(epoch, f"selector sent {'no ' * weighted}loss weights for "
+                                  f"a policy with reweight={self.job.spec.policy.reweight!r}",
+                                  time.monotonic() - started)
         source = EpochSource(selection.kind, selection.round, selection.weights_version,
                              time.monotonic() - started)
         if source.kind is SelectionKind.SUBSET and epoch in self.pusher.pushed:
             self.pusher.round_answered(source.fetch_seconds)
         self.sources[epoch] = source
         self._unreachable = False
-        return selection.indices
+        return EpochIndices(selection.indices, selection.weights)
 
     def _ask(self, epoch: int, deadline: float):
         """One GetSelection (the selector waits for the round); a selector that lost the
@@ -162,7 +179,7 @@ class EpochFetcher:
                                         drop_last=self.drop_last,
                                         timeout=max(0.001, deadline - time.monotonic()))
 
-    def _fallback(self, epoch: int, reason: str, waited: float) -> np.ndarray:
+    def _fallback(self, epoch: int, reason: str, waited: float) -> EpochIndices:
         num_samples = self.plan.num_samples
         size = self.plan[epoch].size
         full = size == num_samples  # a planned full-data epoch: the same data, no loss
@@ -180,7 +197,9 @@ class EpochFetcher:
             self.sources[epoch] = EpochSource(SelectionKind.FALLBACK, fetch_seconds=waited)
             self._warn(f"epoch {epoch}: no selection from {address} ({reason}); training "
                        f"on a seeded uniform subset of {size}")
-        return rank_part(order, self.rank, self.world_size, self.drop_last)
+        part = rank_part(order, self.rank, self.world_size, self.drop_last)
+        weight = None if full else self.job.spec.policy.uniform_weight(num_samples, size)
+        return EpochIndices(part, default=1.0 if weight is None else weight)
 
     def close(self) -> None:
         """Stop fetching (an answer on the wire is left to finish in the background)."""

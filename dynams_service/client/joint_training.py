@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.models.models import SlimmableModel
+from .loss_weights import weighted_loss
 
 __all__ = ["JointPSP", "psp_loss"]
 
@@ -60,14 +61,20 @@ class JointPSP(nn.Module):
 
 
 def psp_loss(logits: torch.Tensor, psp_logits: torch.Tensor | None, targets: torch.Tensor,
-             lam: float = 1.0, distill: bool = False, temperature: float = 1.0) -> torch.Tensor:
+             lam: float = 1.0, distill: bool = False, temperature: float = 1.0,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
     """``CE(full, y) + λ·CE(psp, y)``; with ``distill`` the PSP learns the detached full
     model's softened outputs instead (KL at ``temperature``). ``psp_logits`` may cover only
     the batch's first rows (``JointPSP(batch_fraction=…)``), or be None on a step without
-    the PSP (``JointPSP(every=…)``): the plain loss."""
+    the PSP (``JointPSP(every=…)``): the plain loss. ``weights``: the selection's per-sample
+    loss weights (``weighted_loss``), applied to the full model's term only; the PSP keeps
+    ranking every sample alike."""
     if lam < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
-    loss = F.cross_entropy(logits, targets)
+    if weights is None:
+        loss = F.cross_entropy(logits, targets)
+    else:
+        loss = weighted_loss(F.cross_entropy(logits, targets, reduction="none"), weights)
     if psp_logits is None:
         return loss
     k = psp_logits.shape[0]
@@ -80,3 +87,4 @@ def psp_loss(logits: torch.Tensor, psp_logits: torch.Tensor | None, targets: tor
     else:
         aux = F.cross_entropy(psp_logits, targets)
     return loss + lam * aux
+

@@ -119,18 +119,24 @@ class Selection:
     kind: SelectionKind   # FULL or SUBSET (FALLBACK is the sampler's, never an answer)
     global_count: int     # the canonical list's length, before padding
     indices: np.ndarray   # int64, this rank's part
+    weights: np.ndarray | None = None  # float32 loss weight per index (weighted jobs only)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Selection):
             return NotImplemented
+        same_weights = (self.weights is None and other.weights is None) or (
+            self.weights is not None and other.weights is not None
+            and np.array_equal(self.weights, other.weights))
         return (self.epoch, self.round, self.weights_version, self.kind, self.global_count) \
             == (other.epoch, other.round, other.weights_version, other.kind,
-                other.global_count) and np.array_equal(self.indices, other.indices)
+                other.global_count) and np.array_equal(self.indices, other.indices) \
+            and same_weights
 
     __hash__ = None  # type: ignore[assignment]
 
     @classmethod
-    def from_proto(cls, header: pb.SelectionHeader, indices: np.ndarray) -> Selection:
+    def from_proto(cls, header: pb.SelectionHeader, indices: np.ndarray,
+                   weights: np.ndarray | None = None) -> Selection:
         return cls(header.epoch, header.round, header.weights_version,
                    from_wire(SELECTION_KINDS, header.kind, "selection.kind"),
-                   header.global_count, indices)
+                   header.global_count, indices, weights)

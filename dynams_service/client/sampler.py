@@ -1,10 +1,8 @@
 """DynaMSSampler: a drop-in for DistributedSampler whose epochs come from the selector.
 
-Each rank iterates its part of the epoch's canonical list (NOTE [ canonical list ] in
-``core/selection/partition.py``), fetched by an ``EpochFetcher`` (``epochs.py``: the selector's
-answer, or a seeded uniform fallback of the planned size when it cannot answer in time),
-resumable mid-epoch, and rank 0 pushes the PSP weights when the next round needs them
-(``PushScheduler``).
+Each rank iterates its part of the epoch's canonical list (``core/selection/partition.py``)
+fetched by an ``EpochFetcher`` (``epochs.py``: the selector's answer, or a seeded uniform
+fallback), resumable mid-epoch; rank 0 pushes the PSP weights (``PushScheduler``).
 """
 
 from __future__ import annotations
@@ -12,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sized
 
+import torch
 from torch.utils.data import Sampler
 
 from ..core.job import JobSpec
@@ -22,6 +21,7 @@ from .checkpoint import SamplerCheckpoint
 from .epochs import EpochFetcher, EpochSource, distributed_rank
 from .errors import RoundFailedError
 from .job import SelectorJob
+from .loss_weights import EpochWeights
 from .push import PushScheduler
 
 __all__ = ["DynaMSSampler"]
@@ -58,17 +58,16 @@ class DynaMSSampler(Sampler[int]):
                  seed: int | None = None, drop_last: bool = False, deadline: float = 60.0,
                  pipeline_fraction: float | None = None,
                  fallback_on_failed_round: bool = False) -> None:
-        self.num_samples = (dataset_or_len if isinstance(dataset_or_len, int)
-                            else len(dataset_or_len))
+        self.num_samples = dataset_or_len if isinstance(dataset_or_len, int) \
+            else len(dataset_or_len)
         rank, world_size = distributed_rank(rank, world_size)
         if deadline <= 0:
             raise ValueError(f"deadline must be > 0 seconds, got {deadline}")
         if job.spec.fingerprint.num_samples != self.num_samples:
             raise ValueError(f"the dataset has {self.num_samples} samples, the job's "
                              f"fingerprint {job.spec.fingerprint.num_samples}")
-        self.job = job
+        self.job, self.deadline = job, deadline
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
-        self.deadline = deadline
         self.seed = job.spec.policy.seed if seed is None else seed
         self.pusher = PushScheduler(job, sender=rank == 0, send_timeout=max(deadline, 120.0),
                                     lead=pipeline_fraction)
@@ -81,6 +80,7 @@ class DynaMSSampler(Sampler[int]):
         self.blocked_seconds: dict[int, float] = {}  # epoch → time __iter__ waited for it
         self._yielded = 0  # indices of the current epoch handed out so far
         self._resume_at: tuple[int, int] | None = None  # (epoch, samples already trained)
+        self._weights: EpochWeights | None = None  # the iterated epoch's loss weights
 
     @property
     def spec(self) -> JobSpec:
@@ -120,8 +120,7 @@ class DynaMSSampler(Sampler[int]):
         self.epochs.fetch(epoch)
 
     def __len__(self) -> int:
-        """This rank's samples left in the epoch: all of them, less those already trained
-        when the sampler was resumed mid-epoch."""
+        """This rank's samples left in the epoch (less those trained before a resume)."""
         return rank_count(self._plan[self.epoch].size, self.world_size,
                           self.drop_last) - self._skip(self.epoch)
 
@@ -129,7 +128,7 @@ class DynaMSSampler(Sampler[int]):
         started = time.perf_counter()
         future = self.epochs.fetch(self.epoch)
         try:
-            indices = future.result()
+            answer = future.result()
         except RoundFailedError:
             self.epochs.forget(self.epoch, future)  # a later push may retry the round
             raise
@@ -138,9 +137,17 @@ class DynaMSSampler(Sampler[int]):
         if nxt < len(self._plan.epochs) and (self._plan[nxt].kind is not EpochKind.SELECT
                                              or nxt in self.pushed):
             self.epochs.fetch(nxt)
+        self._weights = EpochWeights(self.epoch, answer.indices, answer.weights, answer.default)
         self._yielded = skip = self._skip(self.epoch)
         self._resume_at = None
-        return self._counted(indices[skip:].tolist())
+        return self._counted(answer.indices[skip:].tolist())
+
+    def weights_of(self, indices) -> torch.Tensor:
+        """float32 loss weights of a batch's dataset indices in the iterated epoch (all 1
+        unless the policy reweights; the training step: ``loss_weights.py``)."""
+        if self._weights is None or self._weights.epoch != self.epoch:
+            raise RuntimeError(f"weights_of() before iterating epoch {self.epoch}")
+        return self._weights.of(indices)
 
     def _counted(self, indices: list[int]) -> Iterator[int]:
         for i in indices:
@@ -155,14 +162,9 @@ class DynaMSSampler(Sampler[int]):
     def state_dict(self, consumed: int | None = None) -> dict:
         """What a checkpoint needs to resume this sampler exactly, mid-epoch included.
 
-        Args:
-            consumed: this rank's samples of the current epoch already trained on; by
-                default the number of indices the iterator has handed out (pass it when
-                a DataLoader prefetches ahead of training).
-
-        Example:
-            >>> torch.save({"model": model.state_dict(), "sampler": sampler.state_dict(
-            ...     consumed=(step + 1) * batch_size)}, "ckpt.pt")  # doctest: +SKIP
+        ``consumed``: this rank's samples of the current epoch already trained on; by
+        default the number of indices the iterator has handed out (pass it when a
+        DataLoader prefetches ahead of training: ``(step + 1) * batch_size``).
         """
         consumed = self._yielded if consumed is None else consumed
         total = rank_count(self._plan[self.epoch].size, self.world_size, self.drop_last)
@@ -206,9 +208,8 @@ class DynaMSSampler(Sampler[int]):
     # --- lifetime -----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop background work within ``deadline`` seconds (idempotent): queued pushes are
-        dropped, the one on the wire is cancelled at the deadline. The job's client stays
-        open (it is the caller's)."""
+        """Stop background work within ``deadline`` s (idempotent): queued pushes are
+        dropped, the one on the wire is cancelled; the job's client stays open."""
         self.pusher.close(timeout=self.deadline)
         self.epochs.close()
 

@@ -8,6 +8,7 @@ scoring, up to its deadline: every rank makes one call per epoch.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,8 @@ class Answer:
     kind: SelectionKind  # FULL or SUBSET
     global_count: int
     indices: np.ndarray
+    # a weighted round's loss weights, looked up per streamed chunk (None: unweighted)
+    weights_of: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 class EpochServer:
@@ -62,17 +65,20 @@ class EpochServer:
             plan = entry.record.plan
             if not 0 <= epoch < len(plan.epochs):
                 raise InvalidArgument(f"epoch {epoch} must be in [0, {len(plan.epochs) - 1}]")
+            weights_of = None
             if plan[epoch].kind is EpochKind.FULL:
                 canonical, round_, version = None, -1, -1
             else:
                 round_ = round_of(plan, epoch)
                 result = self._wait_for_round(entry, round_, epoch, deadline, timeout)
                 canonical, version = result.indices, result.weights_version
+                if result.weights is not None:
+                    weights_of = result.weights_of
         order = self._epoch_order(entry, epoch, canonical)
         part = rank_part(order, rank, world_size, drop_last)  # a view: NOTE [ serving ranks ]
         self.metrics.served(job_id)
         kind = SelectionKind.FULL if canonical is None else SelectionKind.SUBSET
-        return Answer(epoch, round_, version, kind, len(order), part)
+        return Answer(epoch, round_, version, kind, len(order), part, weights_of)
 
     def _wait_for_round(self, entry: JobEntry, round_: int, epoch: int, deadline: float,
                         timeout: float):

@@ -98,7 +98,7 @@ class RoundRunner:
             # The scorers keep the margins: NOTE [ scorers keep their margins ] in scorer.py.
             selection = scorers.select(plan[epoch].size, round_)
             result = RoundResult(round_, epoch, version, selection.indices, selection.margins,
-                                 time.perf_counter() - started)
+                                 time.perf_counter() - started, selection.weights)
             if entry.deleted:
                 return
             self.store.save_round(job_id, result)

@@ -27,6 +27,7 @@ class Selected(Protocol):
     indices: np.ndarray
     margins: np.ndarray
     passes: int
+    weights: np.ndarray | None  # loss weights, for a reweighting policy
 
 
 class Scorers(Protocol):

@@ -171,5 +171,6 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
         header = pb.SelectionHeader(
             epoch=answer.epoch, round=answer.round, weights_version=answer.weights_version,
             kind=SELECTION_KINDS[answer.kind],
-            global_count=answer.global_count, rank_count=len(answer.indices))
-        return selection_chunks(header, answer.indices)
+            global_count=answer.global_count, rank_count=len(answer.indices),
+            weighted=answer.weights_of is not None)
+        return selection_chunks(header, answer.indices, answer.weights_of)

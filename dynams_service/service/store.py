@@ -35,7 +35,8 @@ _ENCODING = "dataset.json"
 
 @dataclass(frozen=True)
 class RoundResult:
-    """One completed selection round: the selected indices (ascending) and their margins."""
+    """One completed selection round: the selected indices (ascending), their margins and,
+    for a reweighting policy, their float32 loss weights."""
 
     round: int
     epoch: int
@@ -43,6 +44,12 @@ class RoundResult:
     indices: np.ndarray
     margins: np.ndarray
     seconds: float
+    weights: np.ndarray | None = None
+
+    def weights_of(self, indices: np.ndarray) -> np.ndarray:
+        """The loss weights of ``indices`` (each one of this round's), in their order."""
+        assert self.weights is not None, "weights_of() on an unweighted round"
+        return self.weights[np.searchsorted(self.indices, indices)]
 
 
 @dataclass(frozen=True)
@@ -80,8 +87,11 @@ class StateStore:
         _atomic_write(job_dir / "spec.json", spec.model_dump_json(indent=2).encode())
 
     def save_round(self, job_id: str, result: RoundResult) -> None:
-        table = pa.table({"index": pa.array(result.indices, pa.int64()),
-                          "margin": pa.array(result.margins, pa.float32())})
+        columns = {"index": pa.array(result.indices, pa.int64()),
+                   "margin": pa.array(result.margins, pa.float32())}
+        if result.weights is not None:
+            columns["weight"] = pa.array(result.weights, pa.float32())
+        table = pa.table(columns)
         table = table.replace_schema_metadata({
             "round": str(result.round), "epoch": str(result.epoch),
             "weights_version": str(result.weights_version), "seconds": repr(result.seconds),
@@ -175,6 +185,8 @@ def _read_round(path: Path) -> RoundResult:
         indices=table.column("index").to_numpy().astype(np.int64),
         margins=table.column("margin").to_numpy().astype(np.float32),
         seconds=float(meta["seconds"]),
+        weights=(table.column("weight").to_numpy().astype(np.float32)
+                 if "weight" in table.column_names else None),
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from dynams_service.core.selection import partition
 from dynams_service.core.selection.partition import rank_count, rank_part
-from dynams_service.protocol import indices_from_chunks, pb, selection_chunks
+from dynams_service.protocol import pb, selection_chunks, selection_from_chunks
 
 
 def reference_part(order: np.ndarray, rank: int, world: int, drop_last: bool) -> np.ndarray:
@@ -46,8 +46,9 @@ def test_a_strided_part_streams_in_contiguous_chunks(chunk):
     header = pb.SelectionHeader(rank_count=len(part))
     chunks = list(selection_chunks(header, part, chunk=chunk))
     assert all(len(c.indices) <= 8 * chunk for c in chunks)
-    _, got = indices_from_chunks(chunks)
+    _, got, weights = selection_from_chunks(chunks)
     np.testing.assert_array_equal(got, part)
+    assert weights is None
 
 
 def test_docstring_examples_run():

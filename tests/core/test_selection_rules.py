@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from dynams_service.core.selection.distributed_selection import SelectionPart
+from dynams_service.core.selection.policy import SelectionPolicy
 from dynams_service.core.selection.selection import class_quotas, select
 from dynams_service.core.selection.selection_rules import (
     SelectionRule,
+    explore_weight,
     round_seed,
     rule_select,
     uniform_keys,
@@ -148,6 +150,64 @@ def test_rules_refuse_what_they_cannot_do():
     parts = _parts(np.arange(10.0), np.zeros(10, dtype=int))
     with pytest.raises(ValueError, match="global"):
         _run(parts, k=3, rule=SelectionRule(coverage_strata=3), seed=0, per_class=True)
+
+
+@pytest.mark.parametrize("splits", [1, 4])
+def test_reweighting_weighs_the_hard_cut_one_and_each_draw_by_its_inverse_chance(splits):
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=1000)
+    parts = _parts(scores, splits=splits, rng=rng)
+    k, explore = 300, 0.4
+    got = _run(parts, k=k, rule=SelectionRule(explore=explore, reweight="inverse"), seed=7)
+    plain = _run(parts, k=k, rule=SelectionRule(explore=explore), seed=7)
+    np.testing.assert_array_equal(got.indices, plain.indices)  # weights change no choice
+    assert plain.weights is None and got.weights.dtype == np.float32
+    explored = math.floor(explore * k + 0.5)
+    hard = set(select(scores, None, k=k - explored).tolist())
+    in_cut = np.isin(got.indices, list(hard))
+    assert in_cut.sum() == k - explored
+    np.testing.assert_array_equal(got.weights[in_cut], 1.0)
+    w = (1000 - (k - explored)) / explored
+    np.testing.assert_allclose(got.weights[~in_cut], w, rtol=1e-6)
+    assert got.weights.sum() == pytest.approx(1000, rel=1e-5)  # an unbiased estimate of N
+    normalized = _run(parts, k=k, rule=SelectionRule(explore=explore, reweight="normalized"),
+                      seed=7)
+    np.testing.assert_allclose(normalized.weights, got.weights * k / 1000, rtol=1e-6)
+    assert normalized.weights.mean() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_reweighting_estimates_the_whole_datasets_loss_without_bias():
+    """Averaged over rounds (seeds), the weighted sum of a per-sample loss over the
+    selection equals its sum over all samples."""
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=500)
+    loss = np.exp(-scores)  # hard samples (low scores) have high loss
+    parts = _parts(scores)
+    rule = SelectionRule(explore=0.5, reweight="inverse")
+    estimates = [float((loss[c.indices] * c.weights).sum())
+                 for c in (_run(parts, k=100, rule=rule, seed=s) for s in range(400))]
+    assert np.mean(estimates) == pytest.approx(loss.sum(), rel=0.02)
+
+
+def test_reweighting_needs_explore_and_global_selection():
+    assert explore_weight(10, 2, 4) == 2.0
+    with pytest.raises(ValueError, match="explore"):
+        SelectionRule(reweight="inverse")
+    with pytest.raises(ValueError, match="reweight must be"):
+        SelectionRule(explore=0.2, reweight="yes")
+    parts = _parts(np.arange(10.0), np.zeros(10, dtype=int))
+    with pytest.raises(ValueError, match="global"):
+        _run(parts, k=4, rule=SelectionRule(explore=0.5, reweight="inverse"), seed=0,
+             per_class=True)
+    with pytest.raises(ValueError, match="explore > 0"):
+        SelectionPolicy(reweight="inverse")
+    with pytest.raises(ValueError, match="global"):
+        SelectionPolicy(explore=0.3, reweight="inverse", class_balance="per_class")
+    policy = SelectionPolicy(explore=0.3, reweight="inverse")
+    assert policy.rule.reweight == "inverse"
+    assert policy.uniform_weight(100, 25) == 4.0
+    assert SelectionPolicy(explore=0.3, reweight="normalized").uniform_weight(100, 25) == 1.0
+    assert SelectionPolicy().uniform_weight(100, 25) is None
 
 
 def test_uniform_keys_are_uniform_and_index_keyed():

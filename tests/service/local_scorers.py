@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dynams_service import score, select
+from dynams_service import score
 from dynams_service.core.data.shards import DatasetManifest, decode_samples, read_shards
 from dynams_service.core.job import JobSpec
 from dynams_service.core.models.models import build_architecture
 from dynams_service.core.models.proxy import load_proxy
+from dynams_service.core.selection.distributed_selection import SelectionPart
+from dynams_service.core.selection.selection_rules import round_seed, rule_select, view_part
 from dynams_service.service.errors import Internal, ScorersReleased
 
 
@@ -58,6 +60,7 @@ class Selected:
     indices: np.ndarray
     margins: np.ndarray
     passes: int = 1
+    weights: np.ndarray | None = None
 
 
 class LocalScorers:
@@ -91,8 +94,13 @@ class LocalScorers:
         return Scored(len(self.labels), time.perf_counter() - started)
 
     def select(self, k: int, round_: int = 0) -> Selected:
-        indices = select(self.margins, self.labels, k=k, per_class=self.spec.policy.per_class)
-        return Selected(indices, self.margins[indices])
+        """The policy's rule on one part holding every row, seeded as the Ray scorers are."""
+        policy = self.spec.policy
+        part = SelectionPart(self.margins, np.arange(len(self.margins)), self.labels)
+        chosen = rule_select(lambda view: [part if view is None else view_part(part, view)],
+                             k=k, rule=policy.rule, seed=round_seed(policy.seed, round_),
+                             per_class=policy.per_class)
+        return Selected(chosen.indices, chosen.margins, chosen.passes, chosen.weights)
 
     def shutdown(self) -> None:
         self.stopped = True

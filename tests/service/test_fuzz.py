@@ -38,8 +38,8 @@ from dynams_service.protocol import (
     MAX_MESSAGE_BYTES,
     MAX_WORLD_SIZE,
     chunks_to_push,
-    indices_from_chunks,
     records_to_chunks,
+    selection_from_chunks,
     spec_from_proto,
     spec_to_proto,
 )
@@ -297,10 +297,11 @@ def test_fuzz_get_selection(live: Live, job_id: str, epoch: int, rank: int, worl
             errors.add(C.FAILED_PRECONDITION)  # rounds 1 and 2 never get weights here
     # The selector waits for a round's weights up to the deadline: keep the doomed short.
     timeout = 1.0 if C.FAILED_PRECONDITION in errors else CALL_TIMEOUT
-    _, answer = _call("GetSelection", lambda: indices_from_chunks(
+    _, answer = _call("GetSelection", lambda: selection_from_chunks(
         live.stub.GetSelection(request, timeout=timeout)), errors or {C.OK})
     if answer is not None:
-        header, indices = answer
+        header, indices, weights = answer
+        assert weights is None
         canonical = SMALL_N if epoch == 0 else SELECTED
         assert header.epoch == epoch and header.global_count == canonical
         assert header.kind == (pb.SELECTION_KIND_FULL if epoch == 0 else pb.SELECTION_KIND_SUBSET)

@@ -389,12 +389,14 @@ class PartHandle(Protocol):
 class DistributedSelection:
     """The selected dataset indices (int64, ascending), their margins, the passes used,
     and the per-group thresholds that define the selection (a later pass can re-apply
-    them, as the selection rules do)."""
+    them, as the selection rules do). ``weights``: float32 loss weights aligned with
+    ``indices`` when the rule weights its samples (``SelectionRule.reweight``), else None."""
 
     indices: np.ndarray
     margins: np.ndarray
     passes: int
     thresholds: Thresholds | None = None
+    weights: np.ndarray | None = None
 
 
 @dataclass

@@ -125,6 +125,14 @@ class SelectionPolicy(BaseModel):
         description="share of each selection drawn uniformly from the samples outside the "
         "hard cut (0: the hard cut alone)",
     )
+    reweight: Literal["none", "inverse", "normalized"] = Field(
+        "none",
+        description="loss weights for the explored samples (InfoBatch-style; needs explore "
+        "> 0 and class_balance='global'): 'inverse' weighs each 1/p (p: its chance of being "
+        "drawn) and the hard cut 1, so a selection's weights sum to N and an epoch makes "
+        "full data's expected update; 'normalized' scales those to mean 1 over the "
+        "selection (the learning rate keeps its scale); 'none': no weights",
+    )
     coverage_strata: int = Field(
         0, ge=0, le=1000,
         description="coverage selection (CCS): draw the budget uniformly from this many "
@@ -152,6 +160,10 @@ class SelectionPolicy(BaseModel):
         if self.coverage_strata and self.explore:
             raise ValueError("explore and coverage_strata do not combine: coverage draws "
                              "every sample at random already")
+        if self.reweight != "none" and not self.explore:
+            raise ValueError("reweight needs explore > 0: it weights the explored samples")
+        if self.reweight != "none" and self.per_class:
+            raise ValueError("reweight needs class_balance='global'")
         if self.coverage_strata and self.per_class:
             raise ValueError("coverage_strata needs class_balance='global' (the strata "
                              "split the budget instead of the classes)")
@@ -161,7 +173,15 @@ class SelectionPolicy(BaseModel):
     def rule(self) -> SelectionRule:
         """What each round keeps beyond the hard cut (``core.selection_rules``)."""
         return SelectionRule(explore=self.explore, coverage_strata=self.coverage_strata,
-                             coverage_prune=self.coverage_prune)
+                             coverage_prune=self.coverage_prune, reweight=self.reweight)
+
+    def uniform_weight(self, num_samples: int, size: int) -> float | None:
+        """The loss weight a uniform subset of ``size`` carries under this policy (a
+        trainer's fallback epoch): ``N/size`` for ``inverse`` (its weights sum to N, as a
+        selection's do), 1 for ``normalized``, None when the policy does not reweight."""
+        if self.reweight == "none":
+            return None
+        return num_samples / max(size, 1) if self.reweight == "inverse" else 1.0
 
     def _round_lengths(self, epochs: int) -> list[int]:
         return _round_lengths(self.warmup_epochs, self.interval_epochs, self.anneal_epochs,

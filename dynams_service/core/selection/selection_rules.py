@@ -4,7 +4,11 @@ Both run on the exact distributed k-selection (``core.distributed_selection``), 
 head still sees only summaries, never the scores:
 
 - ``explore = e``: the ``k - round(e·k)`` lowest scores (the hard cut, per class if the
-  policy says so), plus ``round(e·k)`` samples drawn uniformly from the rest.
+  policy says so), plus ``round(e·k)`` samples drawn uniformly from the rest. With
+  ``reweight="inverse"`` (InfoBatch-style), each drawn sample carries the loss weight
+  ``1/p``, ``p`` its chance of being drawn, and the hard cut weight 1: the weights sum to
+  ``N`` and the selection's weighted loss sum estimates the whole dataset's without bias.
+  ``"normalized"`` scales them by ``k/N`` (mean weight 1).
 - ``coverage_strata = S``: coverage-centric selection (Zheng et al., ICLR 2023). The
   ``coverage_prune`` share of lowest scores (the hardest, often mislabeled) is dropped,
   the rest is cut into ``S`` equal-width score strata, the budget is split over the strata
@@ -43,10 +47,11 @@ from .distributed_selection import (
 )
 from .selection import class_quotas
 
-__all__ = ["PartView", "SelectionRule", "rule_select", "round_seed", "uniform_keys",
-           "view_part"]
+__all__ = ["PartView", "SelectionRule", "explore_weight", "rule_select", "round_seed",
+           "uniform_keys", "view_part"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+REWEIGHTS = ("none", "inverse", "normalized")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class SelectionRule:
     explore: float = 0.0
     coverage_strata: int = 0
     coverage_prune: float = 0.0
+    reweight: str = "none"  # "none", "inverse" or "normalized" (see the module docstring)
 
     def __post_init__(self) -> None:
         if not 0 <= self.explore < 1:
@@ -67,6 +73,10 @@ class SelectionRule:
         if self.explore and self.coverage_strata:
             raise ValueError("explore and coverage_strata do not combine (coverage draws "
                              "every sample at random already)")
+        if self.reweight not in REWEIGHTS:
+            raise ValueError(f"reweight must be one of {REWEIGHTS}, got {self.reweight!r}")
+        if self.reweight != "none" and not self.explore:
+            raise ValueError("reweight needs explore > 0 (it weights the explored samples)")
 
     @property
     def hard_cut(self) -> bool:
@@ -163,7 +173,15 @@ def rule_select(
                                   **common)
         view = PartView("explore", seed, hard.thresholds)
         chosen = distributed_select(parts_for(view), k=k, per_class=per_class, **common)
-        return _with_passes(chosen, hard.passes)
+        chosen = _with_passes(chosen, hard.passes)
+        if rule.reweight != "none":
+            if per_class:
+                raise ValueError("reweight is global; use class_balance='global'")
+            total = sum(int(c.counts.sum())
+                        for c in common["resolve"]([p.census(False) for p in plain]))
+            chosen = _with_weights(chosen, hard.thresholds, total, k - explored, explored,
+                                   normalized=rule.reweight == "normalized")
+        return chosen
     if per_class:
         raise ValueError("coverage selection is global; use class_balance='global'")
     return _coverage_select(parts_for, plain, k, rule, seed, common)
@@ -209,7 +227,32 @@ def _coverage_select(parts_for, plain, k: int, rule: SelectionRule, seed: int,
 
 def _with_passes(selection: DistributedSelection, earlier: int) -> DistributedSelection:
     return DistributedSelection(selection.indices, selection.margins,
-                                selection.passes + earlier, selection.thresholds)
+                                selection.passes + earlier, selection.thresholds,
+                                selection.weights)
+
+
+def explore_weight(total: int, hard: int, explored: int) -> float:
+    """The loss weight of an explored sample: ``1/p`` for ``explored`` draws out of the
+    ``total - hard`` samples outside the hard cut. Example: ``explore_weight(10, 2, 4)``
+    is 2.0."""
+    if explored <= 0:
+        return 1.0
+    return (total - hard) / explored
+
+
+def _with_weights(selection: DistributedSelection, cut: Thresholds | None, total: int,
+                  hard: int, explored: int, normalized: bool) -> DistributedSelection:
+    """``selection`` with float32 loss weights: 1 in the hard cut, ``explore_weight``
+    for the explored samples (the selection's reported scores are the original ones, so
+    the cut's thresholds re-apply to them); times ``k/N`` if ``normalized``."""
+    scale = (hard + explored) / total if normalized else 1.0
+    weights = np.full(len(selection.indices), explore_weight(total, hard, explored) * scale,
+                      dtype=np.float32)
+    if cut is not None and len(selection.indices):
+        in_cut = SelectionPart(selection.margins, selection.indices).mask(cut)
+        weights[in_cut] = scale
+    return DistributedSelection(selection.indices, selection.margins, selection.passes,
+                                selection.thresholds, weights)
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:

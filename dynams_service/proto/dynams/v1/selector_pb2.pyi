@@ -7,6 +7,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Reweight(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REWEIGHT_UNSPECIFIED: _ClassVar[Reweight]
+    REWEIGHT_NONE: _ClassVar[Reweight]
+    REWEIGHT_INVERSE: _ClassVar[Reweight]
+    REWEIGHT_NORMALIZED: _ClassVar[Reweight]
+
 class ClassBalance(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CLASS_BALANCE_UNSPECIFIED: _ClassVar[ClassBalance]
@@ -46,6 +53,10 @@ class SelectionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SELECTION_KIND_UNSPECIFIED: _ClassVar[SelectionKind]
     SELECTION_KIND_FULL: _ClassVar[SelectionKind]
     SELECTION_KIND_SUBSET: _ClassVar[SelectionKind]
+REWEIGHT_UNSPECIFIED: Reweight
+REWEIGHT_NONE: Reweight
+REWEIGHT_INVERSE: Reweight
+REWEIGHT_NORMALIZED: Reweight
 CLASS_BALANCE_UNSPECIFIED: ClassBalance
 CLASS_BALANCE_PER_CLASS: ClassBalance
 CLASS_BALANCE_GLOBAL: ClassBalance
@@ -88,7 +99,7 @@ class ProxySpec(_message.Message):
     def __init__(self, architecture: _Optional[str] = ..., width: _Optional[float] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("ratio", "warmup_epochs", "interval_epochs", "anneal_epochs", "class_balance", "ratio_schedule", "power_exponent", "seed", "staleness", "score", "explore", "coverage_strata", "coverage_prune")
+    __slots__ = ("ratio", "warmup_epochs", "interval_epochs", "anneal_epochs", "class_balance", "ratio_schedule", "power_exponent", "seed", "staleness", "score", "explore", "coverage_strata", "coverage_prune", "reweight")
     RATIO_FIELD_NUMBER: _ClassVar[int]
     WARMUP_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +113,7 @@ class Policy(_message.Message):
     EXPLORE_FIELD_NUMBER: _ClassVar[int]
     COVERAGE_STRATA_FIELD_NUMBER: _ClassVar[int]
     COVERAGE_PRUNE_FIELD_NUMBER: _ClassVar[int]
+    REWEIGHT_FIELD_NUMBER: _ClassVar[int]
     ratio: float
     warmup_epochs: int
     interval_epochs: int
@@ -115,7 +127,8 @@ class Policy(_message.Message):
     explore: float
     coverage_strata: int
     coverage_prune: float
-    def __init__(self, ratio: _Optional[float] = ..., warmup_epochs: _Optional[int] = ..., interval_epochs: _Optional[int] = ..., anneal_epochs: _Optional[int] = ..., class_balance: _Optional[_Union[ClassBalance, str]] = ..., ratio_schedule: _Optional[_Union[RatioSchedule, str]] = ..., power_exponent: _Optional[float] = ..., seed: _Optional[int] = ..., staleness: _Optional[_Union[Staleness, str]] = ..., score: _Optional[str] = ..., explore: _Optional[float] = ..., coverage_strata: _Optional[int] = ..., coverage_prune: _Optional[float] = ...) -> None: ...
+    reweight: Reweight
+    def __init__(self, ratio: _Optional[float] = ..., warmup_epochs: _Optional[int] = ..., interval_epochs: _Optional[int] = ..., anneal_epochs: _Optional[int] = ..., class_balance: _Optional[_Union[ClassBalance, str]] = ..., ratio_schedule: _Optional[_Union[RatioSchedule, str]] = ..., power_exponent: _Optional[float] = ..., seed: _Optional[int] = ..., staleness: _Optional[_Union[Staleness, str]] = ..., score: _Optional[str] = ..., explore: _Optional[float] = ..., coverage_strata: _Optional[int] = ..., coverage_prune: _Optional[float] = ..., reweight: _Optional[_Union[Reweight, str]] = ...) -> None: ...
 
 class ScorerResources(_message.Message):
     __slots__ = ("num_scorers", "num_cpus", "num_gpus", "batch_size", "cache_bytes")
@@ -302,25 +315,29 @@ class GetSelectionRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., epoch: _Optional[int] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., drop_last: _Optional[bool] = ...) -> None: ...
 
 class SelectionHeader(_message.Message):
-    __slots__ = ("epoch", "round", "weights_version", "kind", "global_count", "rank_count")
+    __slots__ = ("epoch", "round", "weights_version", "kind", "global_count", "rank_count", "weighted")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_COUNT_FIELD_NUMBER: _ClassVar[int]
     RANK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTED_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     round: int
     weights_version: int
     kind: SelectionKind
     global_count: int
     rank_count: int
-    def __init__(self, epoch: _Optional[int] = ..., round: _Optional[int] = ..., weights_version: _Optional[int] = ..., kind: _Optional[_Union[SelectionKind, str]] = ..., global_count: _Optional[int] = ..., rank_count: _Optional[int] = ...) -> None: ...
+    weighted: bool
+    def __init__(self, epoch: _Optional[int] = ..., round: _Optional[int] = ..., weights_version: _Optional[int] = ..., kind: _Optional[_Union[SelectionKind, str]] = ..., global_count: _Optional[int] = ..., rank_count: _Optional[int] = ..., weighted: _Optional[bool] = ...) -> None: ...
 
 class SelectionChunk(_message.Message):
-    __slots__ = ("header", "indices")
+    __slots__ = ("header", "indices", "weights")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     INDICES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     header: SelectionHeader
     indices: bytes
-    def __init__(self, header: _Optional[_Union[SelectionHeader, _Mapping]] = ..., indices: _Optional[bytes] = ...) -> None: ...
+    weights: bytes
+    def __init__(self, header: _Optional[_Union[SelectionHeader, _Mapping]] = ..., indices: _Optional[bytes] = ..., weights: _Optional[bytes] = ...) -> None: ...
