@@ -16,9 +16,14 @@ Examples::
     .venv/bin/python benchmarks/quality.py --ratios 0.3 --epochs 8 --seeds 3 --max-samples 20000
     .venv/bin/python benchmarks/quality.py --ratios 0.1,0.2,0.5 --methods uniform,dynams-psp-0.25
     .venv/bin/python benchmarks/quality.py --ablations --epochs 8 --max-samples 20000
+    .venv/bin/python benchmarks/quality.py --long-tail 50 --epochs 20 --methods uniform,full
+
+Every run also records selection diagnostics (``selection_diagnostics``: churn between
+rounds, the share of each selection the final model still gets wrong, the share of flipped
+labels under ``--label-noise``, the class mix), tabulated in ``quality.md``.
 
 Results accumulate in ``--out``/quality.json keyed by (method, ratio, seed, epochs,
-max_samples, label_noise); a key already there is skipped unless ``--force``, so an
+max_samples, label_noise, long_tail); a key already there is skipped unless ``--force``, so an
 interrupted sweep resumes where it stopped. ``quality.md`` and the PNG plots are rebuilt
 after every run. ``--out`` defaults to ``benchmarks/results`` (``--label-noise P``:
 ``benchmarks/results/label-noise-P``); a ``--quick`` smoke run never writes there and,
@@ -30,8 +35,9 @@ ablations: ``-signed``, ``-global``, ``-int<N>`` (interval), ``-warm<N>`` (warm-
 ``-power`` (power ratio schedule), ``-lam<λ>`` (PSP loss weight), ``-bf<f>`` (PSP loss on
 the first f of each batch), ``-distill`` (PSP distilled from the full model's outputs),
 ``-pipe`` (pipelined staleness: margins from weights a quarter epoch old), scores
-``-signed``/``-loss``/``-el2n``, selection rules ``-exp<e>`` (explore share), ``-ccs<S>``
-and ``-cp<β>`` (coverage strata and pruned share; needs ``-global``), ``-ann<N>`` (N
+``-signed``/``-loss``/``-el2n``, selection rules ``-exp<e>`` (explore share) with
+``-rw``/``-rwn`` (InfoBatch-style loss weights: inverse / normalized; needs ``-global``),
+``-ccs<S>`` and ``-cp<β>`` (coverage strata and pruned share; needs ``-global``), ``-ann<N>`` (N
 full-data anneal epochs) and ``-ev<k>`` (the PSP loss on every k-th step), e.g.
 ``dynams-psp-0.25-signed``, ``dynams-psp-0.25-global-exp0.2`` or ``uniform-warm3``. Each
 base kind chooses its epochs' samples in one small function (``CHOOSERS``); names are
@@ -112,6 +118,7 @@ class Data:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    flipped: torch.Tensor | None = None  # bool (N,): labels changed by --label-noise
 
     @property
     def num_train(self) -> int:
@@ -122,10 +129,12 @@ NOISE_SEED = 20231  # one fixed noisy training set for every method and seed (pa
 
 
 def load_data(data_dir: str, max_samples: int | None, max_test: int | None,
-              label_noise: float = 0.0) -> Data:
+              label_noise: float = 0.0, long_tail: float = 0.0) -> Data:
     """Fashion-MNIST from IDX files, the first ``max_samples``/``max_test`` rows, normalised.
     ``label_noise``: that share of training labels (the test set stays clean) flipped to
-    another class drawn uniformly (symmetric noise), the same flips for every run."""
+    another class drawn uniformly (symmetric noise), the same flips for every run.
+    ``long_tail``: class sizes decay geometrically to 1/``long_tail`` of the largest
+    (:func:`long_tail_rows`); the test set stays balanced."""
 
     def prep(split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = load_idx_split(data_dir, split)
@@ -136,9 +145,29 @@ def load_data(data_dir: str, max_samples: int | None, max_test: int | None,
 
     x_train, y_train = prep("train", max_samples)
     x_test, y_test = prep("test", max_test)
+    if long_tail:
+        rows = long_tail_rows(y_train, long_tail, num_classes=10)
+        x_train, y_train = x_train[rows].contiguous(), y_train[rows].contiguous()
+    flipped = None
     if label_noise:
-        y_train = flip_labels(y_train, label_noise, num_classes=10)
-    return Data(x_train, y_train, x_test, y_test)
+        noisy = flip_labels(y_train, label_noise, num_classes=10)
+        flipped = noisy != y_train
+        y_train = noisy
+    return Data(x_train, y_train, x_test, y_test, flipped)
+
+
+def long_tail_rows(labels: torch.Tensor, imbalance: float, num_classes: int) -> torch.Tensor:
+    """Rows of a long-tailed subset: class ``c`` keeps its first ``⌊n·imbalance^(-c/(C-1))⌋``
+    rows (``n``: the smallest class's size), so sizes decay geometrically from ``n`` to
+    ``n/imbalance`` (the CIFAR-LT construction). Ascending row order."""
+    if imbalance < 1:
+        raise ValueError(f"--long-tail must be >= 1 (largest/smallest class), got {imbalance}")
+    n = min(int((labels == c).sum()) for c in range(num_classes))
+    keep = []
+    for c in range(num_classes):
+        size = math.floor(n * imbalance ** (-c / (num_classes - 1)))
+        keep.append(torch.nonzero(labels == c).squeeze(1)[:max(size, 1)])
+    return torch.cat(keep).sort().values
 
 
 def flip_labels(labels: torch.Tensor, share: float, num_classes: int) -> torch.Tensor:
@@ -175,6 +204,7 @@ class RunConfig:
     score_batch_size: int | None = None  # None: dms.score's default
     eval_every: int = 1  # test accuracy every N epochs (and always after the last)
     label_noise: float = 0.0  # share of training labels flipped (the data's variant)
+    long_tail: float = 0.0  # largest/smallest class size (0: the balanced data)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -248,6 +278,9 @@ class Run:
     anneal_from: int  # InfoBatch: first epoch of its full-data anneal
     prev_loss: torch.Tensor  # InfoBatch: each sample's last training loss (NaN: not seen)
     keep: torch.Tensor | None = None  # this epoch's samples (REUSE epochs train on them again)
+    keep_weights: torch.Tensor | None = None  # their loss weights (None: all 1)
+    rounds: list[torch.Tensor] = field(default_factory=list)  # each round's selection
+    round_weights: list[float] = field(default_factory=list)  # each round's largest weight
     static_keep: torch.Tensor | None = None  # static-margin: its one selection
     snapshot: dms.SlimmableModel | None = None  # pipelined: the weights the next round scores
     step: int = 0  # optimizer steps taken
@@ -298,21 +331,22 @@ def _choose_static_margin(run: Run, epoch: int, ep: EpochPlan) -> tuple[torch.Te
     if ep.kind is EpochKind.FULL:
         return _all_samples(run)
     if run.static_keep is None:
-        run.static_keep = _select_by_margin(run, _scorer(run.model, run.spec), ep)
+        run.static_keep, _ = _select_by_margin(run, _scorer(run.model, run.spec), ep)
     return run.static_keep, None
 
 
-def _choose_dynams(run: Run, epoch: int, ep: EpochPlan) -> tuple[torch.Tensor, None]:
+def _choose_dynams(run: Run, epoch: int,
+                   ep: EpochPlan) -> tuple[torch.Tensor, torch.Tensor | None]:
     """DynaMS: the lowest margins, rescored every round (from the pipelined snapshot when
-    there is one); REUSE epochs train on the round's selection again."""
+    there is one); REUSE epochs train on the round's selection (and weights) again."""
     if ep.kind is EpochKind.FULL:
         return _all_samples(run)
     if ep.kind is EpochKind.REUSE:
         assert run.keep is not None
-        return run.keep, None
+        return run.keep, run.keep_weights
     scorer = run.snapshot if run.snapshot is not None else _scorer(run.model, run.spec)
     run.snapshot = None
-    return _select_by_margin(run, scorer, ep), None
+    return _select_by_margin(run, scorer, ep)
 
 
 def _choose_infobatch(run: Run, epoch: int, ep: EpochPlan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,22 +354,25 @@ def _choose_infobatch(run: Run, epoch: int, ep: EpochPlan) -> tuple[torch.Tensor
     return _infobatch_subset(run.prev_loss, run.cfg, epoch, run.anneal_from)
 
 
-def _select_by_margin(run: Run, scorer: dms.SlimmableModel, ep: EpochPlan) -> torch.Tensor:
+def _select_by_margin(run: Run, scorer: dms.SlimmableModel,
+                      ep: EpochPlan) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The round's selection at the round's ratio: the lowest scores under ``scorer``, or
     the policy's selection rule (explore, coverage) run by the same core code as the
-    selector's, seeded by (seed, round) as the selector seeds it."""
+    selector's, seeded by (seed, round) as the selector seeds it; with the rule's loss
+    weights when it reweights."""
     m = _margin_scores(scorer, run.spec, run.data.x_train, run.data.y_train,
                        run.cfg.score_batch_size)
     per_class = run.spec.knobs["class_balance"] == "per_class"
     rule = run.spec.policy(run.round_ratios[ep.round], run.cfg.seed).rule
     if rule.hard_cut:
         return dms.select(m, run.data.y_train, ratio=run.round_ratios[ep.round],
-                          per_class=per_class)
+                          per_class=per_class), None
     part = SelectionPart(m.numpy(), np.arange(len(m)), run.data.y_train.numpy())
     chosen = rule_select(lambda view: [part if view is None else view_part(part, view)],
                          k=ep.size, rule=rule, seed=round_seed(run.cfg.seed, ep.round),
                          per_class=per_class)
-    return torch.from_numpy(chosen.indices)
+    weights = None if chosen.weights is None else torch.from_numpy(chosen.weights)
+    return torch.from_numpy(chosen.indices), weights
 
 
 CHOOSERS: dict[str, Chooser] = {
@@ -401,7 +438,59 @@ def train_run(cfg: RunConfig, data: Data, log: bool = True) -> RunRecord:
                   f" n={run.sizes[-1]} loss={run.losses[-1]:.4f}{acc}"
                   f" train={run.train_seconds:.1f}s score={run.scoring_seconds:.1f}s",
                   flush=True)
-    return _record(run, wall_start)
+    return _record(run, wall_start, selection_diagnostics(run))
+
+
+def selection_diagnostics(run: Run) -> dict[str, Any]:
+    """Why a rule wins or loses, per selection round (see ``RunRecord``): how much each
+    round keeps of the previous one, the share of its samples the final model still gets
+    wrong, the share with flipped labels, and how far its class mix is from the data's."""
+    data = run.data
+    n, classes = data.num_train, int(data.y_train.max()) + 1
+    wrong = _misclassified(run.model, data.x_train, data.y_train)
+    data_mix = torch.bincount(data.y_train, minlength=classes).double() / n
+    out: dict[str, Any] = {"unlearned_share": float(wrong.double().mean()),
+                           "selection_max_weight": run.round_weights}
+    overlap, unlearned, mislabeled, tv = [], [], [], []
+    ever = torch.zeros(n, dtype=torch.bool)
+    prev = None
+    for keep in run.rounds:
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[keep] = True
+        if prev is not None:
+            overlap.append(float((mask & prev).sum()) / max(int(mask.sum()), 1))
+        unlearned.append(float(wrong[mask].double().mean()))
+        if data.flipped is not None:
+            mislabeled.append(float(data.flipped[mask].double().mean()))
+        mix = torch.bincount(data.y_train[mask], minlength=classes).double() / len(keep)
+        tv.append(0.5 * float((mix - data_mix).abs().sum()))
+        ever |= mask
+        prev = mask
+    out.update(selection_overlap=overlap, selection_unlearned=unlearned,
+               selection_mislabeled=mislabeled, selection_class_tv=tv,
+               ever_selected_share=float(ever.double().mean()) if run.rounds else 0.0,
+               ever_selected_unlearned=float(wrong[ever].double().mean())
+               if bool(ever.any()) else 0.0)
+    if data.flipped is not None:
+        out["mislabeled_share"] = float(data.flipped.double().mean())
+    if run.rounds:
+        last = data.y_train[run.rounds[-1]]
+        out["last_selection_class_shares"] = (
+            torch.bincount(last, minlength=classes).double() / len(last)).tolist()
+    return out
+
+
+@torch.inference_mode()
+def _misclassified(model: dms.SlimmableModel, x: torch.Tensor, y: torch.Tensor,
+                   batch_size: int = 512) -> torch.Tensor:
+    """Bool per training sample: the final full-width model (eval mode) predicts another
+    class than its training label."""
+    was_training = model.training
+    model.eval()
+    wrong = torch.cat([model(x[i:i + batch_size]).argmax(1) != y[i:i + batch_size]
+                       for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return wrong
 
 
 def _plan(cfg: RunConfig, n: int) -> tuple[Plan, dms.SelectionPolicy | None]:
@@ -420,7 +509,7 @@ def _choose_epoch(run: Run, choose: Chooser, epoch: int,
     against the plan (except InfoBatch's, whose sizes are not planned)."""
     t0, c0 = time.perf_counter(), time.process_time()
     keep, weights = choose(run, epoch, ep)
-    run.keep = keep
+    run.keep, run.keep_weights = keep, weights
     if run.spec.follows_plan:
         if len(keep) != ep.size:
             raise RuntimeError(f"{run.spec.name} epoch {epoch}: {len(keep)} samples, "
@@ -430,6 +519,8 @@ def _choose_epoch(run: Run, choose: Chooser, epoch: int,
         if ep.kind is EpochKind.SELECT:
             run.digests.append(
                 hashlib.sha256(keep.numpy().astype("<i8").tobytes()).hexdigest()[:16])
+            run.rounds.append(keep)
+            run.round_weights.append(1.0 if weights is None else float(weights.max()))
     run.scoring_seconds += time.perf_counter() - t0
     run.scoring_cpu += time.process_time() - c0
     return keep, weights
@@ -490,11 +581,13 @@ def _step_lr(run: Run, epoch: int, batch: int, epoch_steps: int) -> float:
 def _loss(run: Run, joint: JointPSP | None, idx: torch.Tensor,
           weights: torch.Tensor | None) -> torch.Tensor:
     """The batch's loss: the joint PSP loss for PSP methods (the trainer-side helper users
-    train with), else cross-entropy, weighted (and remembered per sample) for InfoBatch."""
+    train with; weighted when the selection rule gives weights), else cross-entropy,
+    weighted (and remembered per sample) for InfoBatch."""
     x, y = run.data.x_train[idx], run.data.y_train[idx]
     if joint is not None:
         logits, psp_logits = joint(x)
-        return psp_loss(logits, psp_logits, y, lam=run.spec.lam, distill=run.spec.distill)
+        return psp_loss(logits, psp_logits, y, lam=run.spec.lam, distill=run.spec.distill,
+                        weights=weights)
     per_sample = F.cross_entropy(run.model(x), y, reduction="none")
     if weights is None:
         return per_sample.mean()
@@ -502,7 +595,7 @@ def _loss(run: Run, joint: JointPSP | None, idx: torch.Tensor,
     return (per_sample * weights).mean()
 
 
-def _record(run: Run, wall_start: float) -> RunRecord:
+def _record(run: Run, wall_start: float, diagnostics: dict[str, Any]) -> RunRecord:
     """The run's stored record: accuracies, sizes and the cost accounting."""
     cfg, spec, n = run.cfg, run.spec, run.data.num_train
     sample_iterations = sum(run.sizes)
@@ -516,6 +609,7 @@ def _record(run: Run, wall_start: float) -> RunRecord:
         epochs=cfg.epochs,
         max_samples=cfg.max_samples,
         label_noise=cfg.label_noise,
+        long_tail=cfg.long_tail,
         num_train=n,
         num_test=len(run.data.y_test),
         final_accuracy=run.accs[-1],
@@ -542,6 +636,7 @@ def _record(run: Run, wall_start: float) -> RunRecord:
         total_compute_cpu_seconds=run.train_cpu + run.scoring_cpu,
         selection_seconds_each=run.select_times,
         selection_digests=run.digests,
+        diagnostics=diagnostics,
         config={
             "kind": spec.kind, "psp_width": spec.psp_width, "lam": spec.lam,
             "psp_batch_fraction": spec.psp_batch_fraction, "distill": spec.distill,
@@ -609,14 +704,15 @@ def load_results(out: Path) -> list[dict[str, Any]]:
 
 def save_result(out: Path, record: RunRecord) -> list[dict[str, Any]]:
     """Merge one record into ``quality.json`` (re-read first; atomic replace) and return all.
-    One directory holds one data variant: its tables do not tell label noise apart."""
+    One directory holds one data variant: its tables do not tell variants apart."""
     with open(out / "quality.json.lock", "w") as lock:  # sweeps may share a directory
         fcntl.flock(lock, fcntl.LOCK_EX)
         records = [r for r in load_results(out) if record_key(r) != record.key]
-        noise = {r.get("label_noise", 0.0) for r in records} - {record.label_noise}
-        if noise:
-            raise ValueError(f"{out} holds runs with label noise {sorted(noise)}; write runs "
-                             f"with label noise {record.label_noise} to another --out")
+        others = {RunRecord.from_json(r).variant for r in records} - {record.variant}
+        if others:
+            raise ValueError(f"{out} holds runs of data variants (label noise, long tail) "
+                             f"{sorted(others)}; write runs of {record.variant} to another "
+                             "--out")
         records.append(record.to_json())
         atomic_write(out / "quality.json", json.dumps(records, indent=1))
     return records
@@ -800,6 +896,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flip this share of training labels (symmetric noise; the test set "
                         "stays clean); without --out, results go to "
                         "benchmarks/results/label-noise-<share>/")
+    p.add_argument("--long-tail", type=float, default=0.0,
+                   help="long-tailed training set: class sizes decay geometrically to "
+                        "1/<this> of the largest (the test set stays balanced); without "
+                        "--out, results go to benchmarks/results/long-tail-<this>/")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--lam", type=float, default=1.0, help="PSP loss weight λ (default 1)")
@@ -847,14 +947,15 @@ def run_quality(args: argparse.Namespace, data: Data) -> list[dict[str, Any]]:
                         and args.infobatch_prune != 0.5:
                     spec = dataclasses.replace(spec, name=f"infobatch-p{args.infobatch_prune:g}")
                 key = (spec.name, run_ratio, seed, args.epochs, args.max_samples,
-                       args.label_noise)
+                       args.label_noise, args.long_tail)
                 if key in done and not args.force:
                     continue
                 cfg = RunConfig(method=spec, ratio=run_ratio, seed=seed, epochs=args.epochs,
                                 max_samples=args.max_samples, batch_size=args.batch_size,
                                 lr=args.lr, infobatch_prune=args.infobatch_prune,
                                 score_batch_size=args.score_batch_size,
-                                eval_every=args.eval_every, label_noise=args.label_noise)
+                                eval_every=args.eval_every, label_noise=args.label_noise,
+                                long_tail=args.long_tail)
                 if spec.kind == "uniform-compute-matched":
                     matched = compute_matched_ratio(records, ratio, args.epochs,
                                                     args.max_samples, data.num_train)
@@ -893,14 +994,17 @@ def _load_psp_cost(out: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def output_dir(out: Path | None, quick: bool, label_noise: float = 0.0) -> Path:
+def output_dir(out: Path | None, quick: bool, label_noise: float = 0.0,
+               long_tail: float = 0.0) -> Path:
     """Where a run writes. A ``--quick`` smoke run never writes into the committed results
     (``DEFAULT_OUT``): without ``--out`` it gets a new directory under ``QUICK_RUNS``.
-    Label-noise runs default to their own directory under ``DEFAULT_OUT``."""
+    Label-noise and long-tailed runs default to their own directory under ``DEFAULT_OUT``."""
     if not quick:
         if out is not None:
             return out
-        return DEFAULT_OUT / f"label-noise-{label_noise:g}" if label_noise else DEFAULT_OUT
+        variant = "-".join([f"label-noise-{label_noise:g}"] * bool(label_noise)
+                           + [f"long-tail-{long_tail:g}"] * bool(long_tail))
+        return DEFAULT_OUT / variant if variant else DEFAULT_OUT
     if out is None:
         return QUICK_RUNS / f"quality-quick-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     if out.resolve().is_relative_to(DEFAULT_OUT):
@@ -920,7 +1024,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         args.methods = args.methods or QUICK_METHODS
     try:
         _parse_seeds(args.seeds)
-        args.out = output_dir(args.out, args.quick, args.label_noise)
+        args.out = output_dir(args.out, args.quick, args.label_noise, args.long_tail)
     except (ValueError, argparse.ArgumentTypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -947,7 +1051,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         write_markdown(args.out, load_results(args.out), costs)
         if args.psp_cost:
             return 0
-    data = load_data(args.data_dir, args.max_samples, args.max_test, args.label_noise)
+    data = load_data(args.data_dir, args.max_samples, args.max_test, args.label_noise,
+                     args.long_tail)
     records = run_quality(args, data)
     write_report(args.out, records, args.max_samples, args.epochs)
     print(f"wrote {args.out}/quality.json, quality.md and plots "

@@ -42,7 +42,8 @@ BENCHMARK_POLICY = {"class_balance": "per_class", "staleness": "sync"}
 # ("-power_exponent2"); which knobs exist, their types and bounds are the policy's.
 KNOB_PREFIXES = {"int": "interval_epochs", "warm": "warmup_epochs", "ann": "anneal_epochs",
                  "exp": "explore", "ccs": "coverage_strata", "cp": "coverage_prune"}
-VALUE_ALIASES = {"pipe": "pipelined", "perclass": "per_class"}
+VALUE_ALIASES = {"pipe": "pipelined", "perclass": "per_class", "rw": "inverse",
+                 "rwn": "normalized"}
 NOT_KNOBS = {"ratio", "seed"}  # set per run, never by a method name
 DYNAMIC = ("dynams-full-proxy", "dynams-psp")  # bases that select every round
 MARGIN_BASED = (*DYNAMIC, "static-margin")
@@ -111,8 +112,9 @@ def parse_method(name: str, default_lam: float = 1.0) -> MethodSpec:
     if (("psp_batch_fraction" in fields or "distill" in fields or "psp_every" in fields)
             and "psp_width" not in fields):
         raise ValueError(f"{name!r}: -bf, -ev and -distill only apply to PSP methods")
-    if knobs.keys() & {"explore", "coverage_strata", "coverage_prune"} and base not in DYNAMIC:
-        raise ValueError(f"{name!r}: -exp, -ccs and -cp only apply to dynamic selection")
+    if knobs.keys() & {"explore", "coverage_strata", "coverage_prune", "reweight"} \
+            and base not in DYNAMIC:
+        raise ValueError(f"{name!r}: -exp, -ccs, -cp and -rw only apply to dynamic selection")
     if knobs.get("staleness") == "pipelined" and base not in DYNAMIC:
         raise ValueError(f"{name!r}: -pipe only applies to dynamic margin methods")
     if knobs.get("score", "distance") != "distance" and base not in MARGIN_BASED:

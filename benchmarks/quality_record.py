@@ -16,13 +16,14 @@ __all__ = ["RunRecord"]
 class RunRecord:
     """A run's identity, accuracies, sizes and cost accounting."""
 
-    # identity (``key``): one record per method, ratio, seed, length, size and noise
+    # identity (``key``): one record per method, ratio, seed, length, size and data variant
     method: str
     ratio: float | None
     seed: int
     epochs: int
     max_samples: int | None
     label_noise: float = 0.0
+    long_tail: float = 0.0  # largest/smallest class size; 0: balanced
     # data
     num_train: int = 0
     num_test: int = 0
@@ -53,6 +54,10 @@ class RunRecord:
     total_compute_cpu_seconds: float = 0.0
     selection_seconds_each: list[float] = field(default_factory=list)
     selection_digests: list[str] = field(default_factory=list)
+    # why a rule wins or loses (``quality.selection_diagnostics``): per round, the overlap
+    # with the previous round, the share the final model still misclassifies, the share
+    # of flipped labels, the class mix's total-variation distance from the data's
+    diagnostics: dict[str, Any] = field(default_factory=dict)
     # the method's knobs and the trainer's settings, as run
     config: dict[str, Any] = field(default_factory=dict)
     torch_threads: int = 0
@@ -62,7 +67,12 @@ class RunRecord:
     @property
     def key(self) -> tuple:
         return (self.method, self.ratio, self.seed, self.epochs, self.max_samples,
-                self.label_noise)
+                self.label_noise, self.long_tail)
+
+    @property
+    def variant(self) -> tuple[float, float]:
+        """The data variant: (label noise, long tail); one results directory holds one."""
+        return (self.label_noise, self.long_tail)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -100,7 +100,7 @@ def write_markdown(out: Path, records: Sequence[dict[str, Any]],
         lines += ["", *_paired_lines([r for r in records if r.get("max_samples") == ms
                                       and r["epochs"] == ep]), ""]
     lines += goal_lines(records, pricing(psp_cost)) + frontier_lines(records, pricing(psp_cost))
-    lines += _sweep_lines(records) + _length_lines(records)
+    lines += _sweep_lines(records) + _length_lines(records) + diagnostics_lines(records)
     effects = [(ms, ep, knob_effects(records, ms, ep)) for ms, ep in settings]
     for ms, ep, eff in effects:
         if eff:
@@ -115,6 +115,51 @@ def write_markdown(out: Path, records: Sequence[dict[str, Any]],
         for label, measurement in psp_cost.items():
             lines += [f"### {label}", "", *psp_cost_lines(measurement), ""]
     atomic_write(out / "quality.md", "\n".join(lines))
+
+
+def diagnostics_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Why rules win or lose (``quality.selection_diagnostics``), per setting and method:
+    means over seeds of each run's per-round figures."""
+    runs = [r for r in records if (r.get("diagnostics") or {}).get("selection_unlearned")]
+    if not runs:
+        return []
+    noisy = any(r["diagnostics"].get("selection_mislabeled") for r in runs)
+    lines = ["## Selection diagnostics", "",
+             "Per selection round, averaged over rounds then seeds: *kept* = share of the "
+             "round's selection that the previous round also selected (1 − churn); "
+             "*unlearned* = share of the selection the final model still misclassifies "
+             "(first / last round; *data*: the whole training set); *ever* = share of the "
+             "data selected at least once; *class TV* = total-variation distance of the "
+             "selection's class mix from the data's."
+             + (" *mislabeled* = share of the selection with a flipped label (data: the "
+                "noise rate)." if noisy else ""), "",
+             "| setting | method | ratio | seeds | kept | unlearned first / last | data | "
+             "ever | class TV |" + (" mislabeled | data |" if noisy else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if noisy else "")]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((*_setting_of(r), r["ratio"], r["method"]), []).append(r)
+
+    def avg(key: str, pick=statistics.mean) -> float:
+        values = [pick(r["diagnostics"][key]) for r in group if r["diagnostics"].get(key)]
+        return statistics.mean(values) if values else math.nan
+
+    for (ms, ep, ratio, method), group in sorted(
+            groups.items(), key=lambda kv: (kv[0][0] or 10**9, kv[0][1], kv[0][2] or 1,
+                                            _method_rank(kv[0][3]))):
+        data = statistics.mean(r["diagnostics"]["unlearned_share"] for r in group)
+        ever = statistics.mean(r["diagnostics"]["ever_selected_share"] for r in group)
+        row = (f"| {ms or 'all'} × {ep} | {method} | {ratio:g} | {len(group)} | "
+               f"{avg('selection_overlap'):.2f} | "
+               f"{100 * avg('selection_unlearned', lambda v: v[0]):.1f} / "
+               f"{100 * avg('selection_unlearned', lambda v: v[-1]):.1f} % | "
+               f"{100 * data:.1f} % | {ever:.2f} | {avg('selection_class_tv'):.3f} |")
+        if noisy:
+            share = statistics.mean(r["diagnostics"].get("mislabeled_share", math.nan)
+                                    for r in group)
+            row += f" {100 * avg('selection_mislabeled'):.1f} % | {100 * share:.1f} % |"
+        lines.append(row)
+    return [*lines, ""]
 
 
 def _paired(records: Sequence[dict[str, Any]], method: str, ratio: float | None, ref: str,

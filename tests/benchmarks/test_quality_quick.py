@@ -222,3 +222,44 @@ def test_knob_effects_and_sweep_tables_pair_runs_by_seed() -> None:
     assert "| 0.5 | 0.400 | 85.00 ± 0.00 | 86.00 ± 0.00 | +1.00 ± 0.00 (n=2) |" in sweep
     length = "\n".join(q._length_lines(records))
     assert "| 1000 | 20 | 95.00 ± 0.00 | — | 93.00 ± 0.00 | -2.00 ± 0.00 (n=2) | — |" in length
+
+
+def test_reweighting_methods_train_on_the_rules_weights_and_record_diagnostics(
+        fashion_mnist_dir: Path) -> None:
+    """``-exp<e>-rw``: the selection is the explore rule's, each epoch's loss weighted by
+    its weights (REUSE epochs keep them); the record says why (churn, unlearned, mix)."""
+    q = _load_quality()
+    assert q.parse_method("dynams-psp-0.25-global-exp0.5-rw").knobs["reweight"] == "inverse"
+    assert q.parse_method("dynams-psp-0.25-global-exp0.5-rwn").knobs["reweight"] \
+        == "normalized"
+    for bad in ("dynams-psp-0.25-rw", "dynams-psp-0.25-exp0.5-rw", "uniform-exp0.5-rw"):
+        with pytest.raises(ValueError):  # needs explore, global selection, a dynamic base
+            q.parse_method(bad)
+    data = q.load_data(str(fashion_mnist_dir), 600, 100, label_noise=0.2)
+    assert int(data.flipped.sum()) == 120
+    cfg = q.RunConfig(method=q.parse_method("dynams-full-proxy-global-exp0.5-rw-int2"),
+                      ratio=0.3, seed=0, epochs=5, max_samples=600, batch_size=64)
+    record = q.train_run(cfg, data, log=False)
+    d = record.diagnostics
+    assert len(d["selection_unlearned"]) == 2 and len(d["selection_overlap"]) == 1
+    assert len(d["selection_mislabeled"]) == 2 and d["mislabeled_share"] == pytest.approx(0.2)
+    w = (600 - 90) / 90  # 180 selected: 90 in the hard cut, 90 drawn from the other 510
+    assert d["selection_max_weight"] == [pytest.approx(w)] * 2
+    assert 0.3 <= d["ever_selected_share"] <= 0.6 and sum(d["last_selection_class_shares"]) \
+        == pytest.approx(1.0)
+
+
+def test_long_tailed_data_decays_geometrically_and_keeps_a_balanced_test_set(
+        fashion_mnist_dir: Path) -> None:
+    import torch
+
+    q = _load_quality()
+    data = q.load_data(str(fashion_mnist_dir), 6000, 1000, long_tail=10)
+    sizes = torch.bincount(data.y_train, minlength=10).tolist()
+    balanced = q.load_data(str(fashion_mnist_dir), 6000, 1000)
+    smallest = min(torch.bincount(balanced.y_train, minlength=10).tolist())
+    assert sizes[0] == smallest and sizes[9] == smallest // 10
+    assert sizes == sorted(sizes, reverse=True)
+    assert torch.equal(data.y_test, balanced.y_test)  # the test set is untouched
+    with pytest.raises(ValueError, match="long-tail"):
+        q.long_tail_rows(data.y_train, 0.5, num_classes=10)
