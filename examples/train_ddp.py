@@ -88,8 +88,10 @@ def train_epoch(args, ddp, parts: dict, x, y, rank: int) -> dict:
     """This rank's part of the epoch (the rest of it after a resume), as a JSON-able record."""
     model, optimizer, schedule, sampler = parts.values()
     began, loss_sum, seen, steps = time.perf_counter(), 0.0, 0, -(-len(sampler) // args.batch_size)
+    weighted = not args.full and sampler.spec.policy.reweight != "none"
     for step, batch in enumerate(BatchSampler(sampler, args.batch_size, drop_last=False)):
-        loss = psp_loss(*ddp(x[batch]), y[batch], lam=args.lam)
+        weights = sampler.weights_of(batch).to(x.device) if weighted else None  # --reweight
+        loss = psp_loss(*ddp(x[batch]), y[batch], lam=args.lam, weights=weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -35,6 +35,7 @@ def recording_sampler(record_dir: Path) -> type[DynaMSSampler]:
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             self.records: dict[int, list[int]] = {}
+            self.weights: dict[int, list[float]] = {}
             self.model: torch.nn.Module | None = None
 
         def __iter__(self):
@@ -42,6 +43,11 @@ def recording_sampler(record_dir: Path) -> type[DynaMSSampler]:
             for i in super().__iter__():
                 seen.append(i)
                 yield i
+
+        def weights_of(self, indices):
+            weights = super().weights_of(indices)
+            self.weights.setdefault(self.epoch, []).extend(weights.tolist())
+            return weights
 
         def maybe_push(self, model, progress, version=None):
             self.model = model
@@ -55,6 +61,9 @@ def recording_sampler(record_dir: Path) -> type[DynaMSSampler]:
             record_dir.mkdir(parents=True, exist_ok=True)
             for epoch, indices in self.records.items():
                 np.save(record_dir / f"rank{self.rank}-epoch{epoch}.npy", np.asarray(indices))
+            for epoch, weights in self.weights.items():
+                np.save(record_dir / f"rank{self.rank}-epoch{epoch}-weights.npy",
+                        np.asarray(weights, dtype=np.float32))
             info = {"param_sha256": param_hash(self.model) if self.model else None,
                     "sources": {e: asdict(s) for e, s in self.sources.items()},
                     "pushed": self.pushed, "fallback_epochs": self.fallback_epochs}

@@ -51,9 +51,12 @@ def common_args(shard_root: Path, job_id: str, **extra: str) -> list[str]:
 
 def test_two_ranks_train_on_the_selectors_canonical_list(server_factory, shard_root,
                                                          tmp_path):
+    """Under a reweighting rule (InfoBatch-style): each rank also weighs every batch's
+    loss by the selection's weights, which sum to the data's size across ranks."""
     server = server_factory()
     proc = torchrun(common_args(shard_root, "ddp-job", selector=server.address,
-                                staleness="sync"), tmp_path, tmp_path / "records")
+                                staleness="sync", class_balance="global", explore="0.5",
+                                reweight="inverse"), tmp_path, tmp_path / "records")
     out = finish(proc)
     summary = read_output(out)
     assert summary["fallback_epochs"] == [] and "no selection from" not in out  # no warning
@@ -74,8 +77,14 @@ def test_two_ranks_train_on_the_selectors_canonical_list(server_factory, shard_r
         parts = [np.load(rec / f"rank{r}-epoch{epoch}.npy") for r in range(2)]
         assert len(parts[0]) == len(parts[1])
         assert not set(parts[0].tolist()) & set(parts[1].tolist())
-        canonical = client.get_selection("ddp-job", epoch, 0, 1).indices
-        assert sorted(np.concatenate(parts).tolist()) == sorted(canonical.tolist())
+        whole = client.get_selection("ddp-job", epoch, 0, 1)
+        assert sorted(np.concatenate(parts).tolist()) == sorted(whole.indices.tolist())
+        weights = [np.load(rec / f"rank{r}-epoch{epoch}-weights.npy") for r in range(2)]
+        table = dict(zip(whole.indices.tolist(), (whole.weights if epoch else
+                                                  np.ones(4000)).tolist(), strict=True))
+        for part, w in zip(parts, weights, strict=True):  # what each step weighed by
+            np.testing.assert_array_equal(w, [table[i] for i in part.tolist()])
+        assert sum(table.values()) == pytest.approx(4000, rel=1e-5)
         for r in range(2):
             source = info[r]["sources"][str(epoch)]
             assert source["kind"] == ("full" if epoch == 0 else "subset")
