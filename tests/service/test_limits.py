@@ -1,6 +1,8 @@
 """Admission and lifetime: operator limits, placement without a global lock within the
 caller's deadline, failed creations releasing what they reserved, long-call caps, idle
-streams, and idle jobs giving their scorers back (--job-ttl) or expiring (--job-expiry)."""
+streams, and idle jobs giving their scorers back (--job-ttl) or expiring (--job-expiry).
+What is about the server's streams and the job table runs on in-process scorers; what is
+about Ray's resources and actors runs on a local Ray cluster."""
 
 from __future__ import annotations
 
@@ -174,10 +176,10 @@ def stalled_push(address: str, job_id: str, model, release: threading.Event,
     return thread
 
 
-def test_long_calls_are_capped_per_peer_and_short_calls_still_run(server_factory,
+def test_long_calls_are_capped_per_peer_and_short_calls_still_run(local_server_factory,
                                                                   small_shards,
                                                                   trained_model):
-    server = server_factory(limits=Limits(max_streams=4, max_streams_per_peer=2))
+    server = local_server_factory(limits=Limits(max_streams=4, max_streams_per_peer=2))
     client = SelectorClient(server.address, retries=0)
     spec = with_resources(make_spec(small_shards, "capped"), num_scorers=1, num_cpus=0)
     client.create_job(spec)
@@ -201,12 +203,12 @@ def test_long_calls_are_capped_per_peer_and_short_calls_still_run(server_factory
     assert len(client.get_selection("capped", 1, 0, 1, timeout=300).indices) == 1200
 
 
-def test_forty_slow_pushes_starve_no_one(server_factory, small_shards, trained_model):
+def test_forty_slow_pushes_starve_no_one(local_server_factory, small_shards, trained_model):
     """The probe's case with the default limits: 40 slow PushWeights streams from one host
     once made health, GetJob and GetSelection time out. Now that host holds at most its
     cap of threads, its further streams are refused at once (a sampler falls back instead
     of waiting), and short calls and other hosts are served."""
-    server = server_factory()
+    server = local_server_factory()
     client = SelectorClient(server.address, retries=0)
     spec = with_resources(make_spec(small_shards, "starved"), num_scorers=1, num_cpus=0)
     client.create_job(spec)
@@ -235,9 +237,10 @@ def test_forty_slow_pushes_starve_no_one(server_factory, small_shards, trained_m
     assert len(client.get_selection("starved", 1, 0, 1, timeout=300).indices) == 1200  # pushed
 
 
-def test_an_idle_push_is_cancelled_and_frees_its_slot(server_factory, small_shards,
+def test_an_idle_push_is_cancelled_and_frees_its_slot(local_server_factory, small_shards,
                                                       trained_model):
-    server = server_factory(limits=Limits(stream_idle_timeout=1.0, max_streams_per_peer=1))
+    server = local_server_factory(limits=Limits(stream_idle_timeout=1.0,
+                                                max_streams_per_peer=1))
     client = SelectorClient(server.address, retries=0)
     client.create_job(with_resources(make_spec(small_shards, "idle-push"), num_scorers=1,
                                      num_cpus=0))
@@ -293,10 +296,12 @@ def test_idle_jobs_release_their_scorers_and_a_push_brings_them_back(server_fact
     assert header.weights_version == 1 and len(part) == 1200 and len(np.unique(part)) == 1200
 
 
-def test_expired_jobs_are_deleted_with_their_state(server_factory, small_shards, tmp_path):
-    server = server_factory(limits=Limits(job_ttl=0, job_expiry=1.0))
+def test_expired_jobs_are_deleted_with_their_state(local_server_factory, small_shards,
+                                                   tmp_path):
+    server = local_server_factory(limits=Limits(job_ttl=0, job_expiry=1.0))
     client = SelectorClient(server.address, retries=0)
     client.create_job(with_resources(make_spec(small_shards, "expiring"), num_scorers=1,
                                      num_cpus=0))
     eventually(lambda: client.list_jobs() == [], "the job expired")
-    assert not (tmp_path / "state/jobs/expiring").exists() and not scorers_of("expiring")
+    assert not (tmp_path / "state/jobs/expiring").exists()
+    assert not server.cluster.running("expiring")  # its scorers were released
