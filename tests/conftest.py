@@ -157,7 +157,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
-def local_server(state_dir: Path, **kwargs):
+def local_server(state_dir: Path, address: str = "127.0.0.1:0", **kwargs):
     """A started selector on 127.0.0.1 whose scorers run in this process (no Ray): for
     what the wire, the servicer and the coordinator do. Its ``cluster`` steers them."""
     from dynams_service.service.metrics import InMemoryMetrics
@@ -165,7 +165,7 @@ def local_server(state_dir: Path, **kwargs):
     from tests.service.local_scorers import LocalCluster
 
     cluster = LocalCluster()
-    server = SelectorServer("127.0.0.1:0", state_dir=state_dir, scorer_factory=cluster,
+    server = SelectorServer(address, state_dir=state_dir, scorer_factory=cluster,
                             metrics=InMemoryMetrics(), **kwargs).start()
     server.cluster = cluster
     return server

@@ -11,10 +11,10 @@ ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart.py"
 
 
-def test_quickstart_is_short_and_trains_on_dynams_selections(server_factory, small_shards):
+def test_quickstart_is_short_and_trains_on_dynams_selections(local_server_factory, small_shards):
     assert len(QUICKSTART.read_text().splitlines()) <= 60
     uri, _ = small_shards
-    server = server_factory()
+    server = local_server_factory()
     result = subprocess.run([sys.executable, str(QUICKSTART), server.address, uri, "--epochs",
                              "3"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -21,7 +21,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_fallbacks_keep_the_plan_and_recover(server_factory, small_shards, trained_model,
+def test_fallbacks_keep_the_plan_and_recover(local_server_factory, small_shards, trained_model,
                                              tmp_path, caplog):
     uri, manifest = small_shards
     spec = JobSpec(job_id="flaky", dataset_uri=uri, fingerprint=manifest.fingerprint,
@@ -48,7 +48,7 @@ def test_fallbacks_keep_the_plan_and_recover(server_factory, small_shards, train
     assert sampler.fallback_epochs == [] and sampler.sources[0].kind == "full"
     assert "unreachable" in caplog.text and "full-data epoch, trained as planned" in caplog.text
 
-    server = server_factory(state_dir=tmp_path / "state", address=address)
+    server = local_server_factory(state_dir=tmp_path / "state", address=address)
     sampler.push(trained_model, version=1)  # creates the job late, then pushes
     run_epoch(1)
     assert sampler.sources[1].kind == "subset" and sampler.sources[1].weights_version == 1
@@ -60,7 +60,7 @@ def test_fallbacks_keep_the_plan_and_recover(server_factory, small_shards, train
     assert sampler.fallback_epochs == [2] and len(set(fallback.tolist())) == 1200
 
     # Back (same state dir and port): the next epoch uses it again.
-    server_factory(state_dir=tmp_path / "state", address=address)
+    local_server_factory(state_dir=tmp_path / "state", address=address)
     sampler.push(trained_model, version=3)
     run_epoch(3)
     assert sampler.sources[3].kind == "subset" and sampler.sources[3].weights_version == 3
@@ -131,7 +131,7 @@ def test_close_returns_within_the_deadline_behind_a_frozen_selector(ray_cluster,
 
 
 def test_ranks_skip_retries_while_the_selector_stays_down_and_all_see_it_back(
-        server_factory, small_shards, trained_model, tmp_path):
+        local_server_factory, small_shards, trained_model, tmp_path):
     """While the selector stays down, an epoch waits for a connection (≤ 1.5 s) instead of
     the client's retries (they once doubled the length of every fallback epoch); when it
     is back, every rank uses it again at the next epoch, not only rank 0, which pushes."""
@@ -141,7 +141,7 @@ def test_ranks_skip_retries_while_the_selector_stays_down_and_all_see_it_back(
                    policy=SelectionPolicy(ratio=0.3, warmup_epochs=1, seed=5), epochs=4,
                    resources=ScorerResources(num_scorers=1, num_cpus=0))
     address = f"127.0.0.1:{free_port()}"
-    server = server_factory(state_dir=tmp_path / "state", address=address)
+    server = local_server_factory(state_dir=tmp_path / "state", address=address)
     attempts: list[dict[int, int]] = [{}, {}]  # rank → epoch → GetSelection calls sent
     samplers = []
     for rank in range(2):
@@ -172,7 +172,7 @@ def test_ranks_skip_retries_while_the_selector_stays_down_and_all_see_it_back(
         server.stop(grace=0)
         run_epoch(1, version=1)  # the first epoch without a selector: the client retries
         run_epoch(2, version=2)  # still down: no call at all
-        server_factory(state_dir=tmp_path / "state", address=address)
+        local_server_factory(state_dir=tmp_path / "state", address=address)
         run_epoch(3, version=3)  # back: every rank uses it
     finally:
         for sampler in samplers:

@@ -35,7 +35,7 @@ def persisted(state, spec: JobSpec, rounds: int = 0) -> StateStore:
     return store
 
 
-def test_corrupt_state_quarantines_only_that_job(server_factory, small_shards, tmp_path,
+def test_corrupt_state_quarantines_only_that_job(local_server_factory, small_shards, tmp_path,
                                                  capsys):
     state = tmp_path / "state"
     for job_id in ("good", "bad-round", "bad-spec"):
@@ -45,7 +45,7 @@ def test_corrupt_state_quarantines_only_that_job(server_factory, small_shards, t
     round_file.write_bytes(round_file.read_bytes()[:100])  # truncated
     (state / "jobs/bad-spec/spec.json").write_text('{"job_id": "bad-spec", "epochs": ')
 
-    server = server_factory(state_dir=state)
+    server = local_server_factory(state_dir=state)
     client = SelectorClient(server.address, retries=0)
     jobs = {j.job_id: j for j in client.list_jobs()}
     assert jobs["good"].state == JobState.IDLE and jobs["good"].rounds_done == 1
@@ -73,14 +73,14 @@ def test_corrupt_state_quarantines_only_that_job(server_factory, small_shards, t
 
 
 def test_a_job_whose_dataset_vanished_is_listed_failed_and_resumes_when_created_again(
-        server_factory, small_shards, tmp_path):
+        local_server_factory, small_shards, tmp_path):
     uri, manifest = small_shards
     data = tmp_path / "data"
     shutil.copytree(uri, data)
     spec = make_spec((str(data), manifest), "moved").model_copy(update={"resources": NO_CPU})
     persisted(tmp_path / "state", spec, rounds=1)
     data.rename(tmp_path / "elsewhere")
-    server = server_factory(state_dir=tmp_path / "state")
+    server = local_server_factory(state_dir=tmp_path / "state")
     client = SelectorClient(server.address, retries=0)
     [job] = client.list_jobs()
     assert job.state == JobState.FAILED and "cannot restore" in job.error
@@ -95,11 +95,11 @@ def test_a_job_whose_dataset_vanished_is_listed_failed_and_resumes_when_created_
     assert header.weights_version == 7 and sorted(part.tolist()) == list(range(1200))
 
 
-def test_delete_on_a_read_only_state_dir_is_an_error(server_factory, small_shards, tmp_path,
+def test_delete_on_a_read_only_state_dir_is_an_error(local_server_factory, small_shards, tmp_path,
                                                      immutable):  # noqa: F811
     state = tmp_path / "state"
     persisted(state, make_spec(small_shards, "kept").model_copy(update={"resources": NO_CPU}))
-    server = server_factory(state_dir=state)
+    server = local_server_factory(state_dir=state)
     client = SelectorClient(server.address, retries=0)
     immutable(state / "jobs")
     with pytest.raises(SelectorError) as info:
@@ -109,14 +109,14 @@ def test_delete_on_a_read_only_state_dir_is_an_error(server_factory, small_shard
     assert (state / "jobs/kept/spec.json").exists()
 
 
-def test_list_jobs_is_summaries_in_pages_whatever_the_jobs_length(server_factory,
+def test_list_jobs_is_summaries_in_pages_whatever_the_jobs_length(local_server_factory,
                                                                   small_shards, tmp_path):
     state = tmp_path / "state"
     for i in range(4):
         spec = make_spec(small_shards, f"long-{i}").model_copy(
             update={"resources": NO_CPU, "epochs": 100_000})
         persisted(state, spec)
-    server = server_factory(state_dir=state)
+    server = local_server_factory(state_dir=state)
     client = SelectorClient(server.address, retries=0)
     stub_reply = client._stub.ListJobs(pb.ListJobsRequest(page_size=3), timeout=30)
     assert [j.spec.job_id for j in stub_reply.jobs] == ["long-0", "long-1", "long-2"]
