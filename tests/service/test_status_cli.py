@@ -14,12 +14,12 @@ def status_of(server, job_id: str, capsys) -> str:
 
 
 def test_status_of_restored_and_finished_jobs_says_why_they_have_no_scorers(
-        server_factory, small_shards, tmp_path, capsys):
+        local_server_factory, small_shards, tmp_path, capsys):
     state = tmp_path / "state"
     for job_id, rounds in (("fresh", 0), ("half", 1), ("all", 3)):  # a plan of 3 rounds
         persisted(state, make_spec(small_shards, job_id).model_copy(
             update={"resources": NO_CPU}), rounds=rounds)
-    server = server_factory(state_dir=state)
+    server = local_server_factory(state_dir=state)
 
     finished = status_of(server, "all", capsys)
     assert "job all  finished" in finished and "rounds done 3/3" in finished
