@@ -2,7 +2,7 @@
 # The exact runs behind benchmarks/results/quality.{json,md} and its plots.
 # Each run is keyed (method, ratio, seed, epochs, samples) and skipped if already stored,
 # so an interrupted sweep resumes; the commands may also run in parallel with separate
-# --out directories whose quality.json lists are then concatenated. About 12 h of one core
+# --out directories, folded together by quality_merge.py. About 17 h of one core
 # (the 60k x 20 runs are 4-11 min each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +54,24 @@ $N --epochs 8 --ratios 0.4 --seeds 5 --methods uniform
 L="$PY benchmarks/quality.py --threads 1 --out ${OUT:-benchmarks/results} --epochs 20"
 $L --ratios 0.3 --seeds 3 --methods full,uniform,infobatch,$D,$D-ann1
 $L --ratios 0.4 --seeds 3 --methods uniform
+# long training at the budgets people pick: uniform, the default, and the rules with an
+# explore share (weighted or not), 60k x 20, 3 seeds; every run records its diagnostics
+$L --ratios 0.3 --seeds 3 --methods $D,$D-exp0.5
+$L --ratios 0.5,0.7 --seeds 3 --methods uniform,$D,$D-exp0.5-rwn
+$L --ratios 0.5 --seeds 3 --methods $D-exp0.5-rw
+$L --ratios 0.3 --seeds 0, --methods $D-exp0.5-rw,$D-exp0.5-rwn
+$L --ratios 0.5 --seeds 0, --methods $D-exp0.5
+$L --ratios 0.7 --seeds 0, --methods $D-exp0.5-rw
+$Q --epochs 8 --ratios 0.3 --seeds 5 --methods $D-exp0.5
+$Q --epochs 8 --ratios 0.3 --seeds 3 --methods $D-exp0.5-rw,$D-exp0.5-rwn
+$N --epochs 8 --ratios 0.3 --seeds 5 --methods $D-exp0.5
+$N --epochs 8 --ratios 0.5 --seeds 3 --methods uniform,$D,$D-exp0.5-rwn
+# a long-tailed variant: class sizes decaying geometrically to 1/50 (its own directory)
+T="$PY benchmarks/quality.py --threads 1 --long-tail 50 --epochs 20"
+T="$T --out ${OUT:-benchmarks/results}/long-tail-50"
+$T --ratios 0.5 --seeds 3 --methods full,uniform,$D,$D-exp0.5-rwn
+$T --ratios 0.3 --seeds 3 --methods uniform,$D-exp0.5
 # tables and plots (plots for the 8-epoch setting)
 $Q --report --epochs 8
 $N --report --epochs 8
+$T --report
