@@ -174,6 +174,8 @@ def test_reweighting_weighs_the_hard_cut_one_and_each_draw_by_its_inverse_chance
                       seed=7)
     np.testing.assert_allclose(normalized.weights, got.weights * k / 1000, rtol=1e-6)
     assert normalized.weights.mean() == pytest.approx(1.0, rel=1e-5)
+    tiny = _run(parts, k=1, rule=SelectionRule(explore=0.4, reweight="normalized"), seed=7)
+    assert tiny.weights.tolist() == [1.0]  # no draw at k = 1: the hard cut, weight 1
 
 
 def test_reweighting_estimates_the_whole_datasets_loss_without_bias():

@@ -244,8 +244,9 @@ def _with_weights(selection: DistributedSelection, cut: Thresholds | None, total
                   hard: int, explored: int, normalized: bool) -> DistributedSelection:
     """``selection`` with float32 loss weights: 1 in the hard cut, ``explore_weight``
     for the explored samples (the selection's reported scores are the original ones, so
-    the cut's thresholds re-apply to them); times ``k/N`` if ``normalized``."""
-    scale = (hard + explored) / total if normalized else 1.0
+    the cut's thresholds re-apply to them); scaled to mean 1 if ``normalized``."""
+    weight_sum = hard + (total - hard if explored > 0 else 0)  # N, or k with no draws
+    scale = (hard + explored) / weight_sum if normalized and weight_sum else 1.0
     weights = np.full(len(selection.indices), explore_weight(total, hard, explored) * scale,
                       dtype=np.float32)
     if cut is not None and len(selection.indices):
