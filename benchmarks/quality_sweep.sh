@@ -59,18 +59,19 @@ $L --ratios 0.4 --seeds 3 --methods uniform
 $L --ratios 0.3 --seeds 3 --methods $D,$D-exp0.5
 $L --ratios 0.5,0.7 --seeds 3 --methods uniform,$D,$D-exp0.5-rwn
 $L --ratios 0.5 --seeds 3 --methods $D-exp0.5-rw
-$L --ratios 0.3 --seeds 0, --methods $D-exp0.5-rw,$D-exp0.5-rwn
+$L --ratios 0.3 --seeds 0, --methods $D-exp0.5-rwn
 $L --ratios 0.5 --seeds 0, --methods $D-exp0.5
 $L --ratios 0.7 --seeds 0, --methods $D-exp0.5-rw
 $Q --epochs 8 --ratios 0.3 --seeds 5 --methods $D-exp0.5
 $Q --epochs 8 --ratios 0.3 --seeds 3 --methods $D-exp0.5-rw,$D-exp0.5-rwn
 $N --epochs 8 --ratios 0.3 --seeds 5 --methods $D-exp0.5
-$N --epochs 8 --ratios 0.5 --seeds 3 --methods uniform,$D,$D-exp0.5-rwn
+$N --epochs 8 --ratios 0.5 --seeds 3 --methods uniform,$D,$D-exp0.5-rw
 # a long-tailed variant: class sizes decaying geometrically to 1/50 (its own directory)
 T="$PY benchmarks/quality.py --threads 1 --long-tail 50 --epochs 20"
 T="$T --out ${OUT:-benchmarks/results}/long-tail-50"
-$T --ratios 0.5 --seeds 3 --methods full,uniform,$D,$D-exp0.5-rwn
+$T --ratios 0.5 --seeds 3 --methods uniform,$D-exp0.5-rw
 $T --ratios 0.3 --seeds 3 --methods uniform,$D-exp0.5
+$T --ratios 0.7 --seeds 3 --methods uniform
 # tables and plots (plots for the 8-epoch setting)
 $Q --report --epochs 8
 $N --report --epochs 8
