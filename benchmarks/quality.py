@@ -94,11 +94,11 @@ from benchmarks.quality_report import (  # noqa: E402
     write_plots,
 )
 from dynams_service.client.joint_training import JointPSP, psp_loss  # noqa: E402
+from dynams_service.client.loss_weights import weighted_loss  # noqa: E402
 from dynams_service.core.data.idx import load_idx_split  # noqa: E402
 from dynams_service.core.models.proxy import build_proxy, export_psp  # noqa: E402
-from dynams_service.core.selection.distributed_selection import SelectionPart  # noqa: E402
 from dynams_service.core.selection.policy import EpochKind, EpochPlan, Plan  # noqa: E402
-from dynams_service.core.selection.selection_rules import round_seed, rule_select, view_part  # noqa: E402
+from dynams_service.core.selection.selection_rules import round_seed, rule_select_rows  # noqa: E402
 
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -234,14 +234,22 @@ def _steps(size: int, batch_size: int) -> int:
 def evaluate(model: dms.SlimmableModel, x: torch.Tensor, y: torch.Tensor,
              batch_size: int = 256) -> float:
     """Top-1 accuracy of the full-width model in eval mode (training flag restored)."""
+    return int((~misclassified(model, x, y, batch_size)).sum()) / max(len(x), 1)
+
+
+@torch.inference_mode()
+def misclassified(model: dms.SlimmableModel, x: torch.Tensor, y: torch.Tensor,
+                  batch_size: int = 256) -> torch.Tensor:
+    """Bool per sample: the full-width model in eval mode predicts another class than
+    ``y`` (training flag restored)."""
+    if not len(x):
+        return torch.zeros(0, dtype=torch.bool)
     was_training = model.training
     model.eval()
-    correct = 0
-    for start in range(0, len(x), batch_size):
-        logits = model(x[start:start + batch_size])
-        correct += int((logits.argmax(1) == y[start:start + batch_size]).sum())
+    wrong = torch.cat([model(x[i:i + batch_size]).argmax(1) != y[i:i + batch_size]
+                       for i in range(0, len(x), batch_size)])
     model.train(was_training)
-    return correct / max(len(x), 1)
+    return wrong
 
 
 def _scorer(model: dms.SlimmableModel, spec: MethodSpec,
@@ -367,10 +375,8 @@ def _select_by_margin(run: Run, scorer: dms.SlimmableModel,
     if rule.hard_cut:
         return dms.select(m, run.data.y_train, ratio=run.round_ratios[ep.round],
                           per_class=per_class), None
-    part = SelectionPart(m.numpy(), np.arange(len(m)), run.data.y_train.numpy())
-    chosen = rule_select(lambda view: [part if view is None else view_part(part, view)],
-                         k=ep.size, rule=rule, seed=round_seed(run.cfg.seed, ep.round),
-                         per_class=per_class)
+    chosen = rule_select_rows(m.numpy(), run.data.y_train.numpy(), k=ep.size, rule=rule,
+                              seed=round_seed(run.cfg.seed, ep.round), per_class=per_class)
     weights = None if chosen.weights is None else torch.from_numpy(chosen.weights)
     return torch.from_numpy(chosen.indices), weights
 
@@ -447,7 +453,7 @@ def selection_diagnostics(run: Run) -> dict[str, Any]:
     wrong, the share with flipped labels, and how far its class mix is from the data's."""
     data = run.data
     n, classes = data.num_train, int(data.y_train.max()) + 1
-    wrong = _misclassified(run.model, data.x_train, data.y_train)
+    wrong = misclassified(run.model, data.x_train, data.y_train, batch_size=512)
     data_mix = torch.bincount(data.y_train, minlength=classes).double() / n
     out: dict[str, Any] = {"unlearned_share": float(wrong.double().mean()),
                            "selection_max_weight": run.round_weights}
@@ -478,19 +484,6 @@ def selection_diagnostics(run: Run) -> dict[str, Any]:
         out["last_selection_class_shares"] = (
             torch.bincount(last, minlength=classes).double() / len(last)).tolist()
     return out
-
-
-@torch.inference_mode()
-def _misclassified(model: dms.SlimmableModel, x: torch.Tensor, y: torch.Tensor,
-                   batch_size: int = 512) -> torch.Tensor:
-    """Bool per training sample: the final full-width model (eval mode) predicts another
-    class than its training label."""
-    was_training = model.training
-    model.eval()
-    wrong = torch.cat([model(x[i:i + batch_size]).argmax(1) != y[i:i + batch_size]
-                       for i in range(0, len(x), batch_size)])
-    model.train(was_training)
-    return wrong
 
 
 def _plan(cfg: RunConfig, n: int) -> tuple[Plan, dms.SelectionPolicy | None]:
@@ -589,10 +582,9 @@ def _loss(run: Run, joint: JointPSP | None, idx: torch.Tensor,
         return psp_loss(logits, psp_logits, y, lam=run.spec.lam, distill=run.spec.distill,
                         weights=weights)
     per_sample = F.cross_entropy(run.model(x), y, reduction="none")
-    if weights is None:
-        return per_sample.mean()
-    run.prev_loss[idx] = per_sample.detach()
-    return (per_sample * weights).mean()
+    if weights is not None:
+        run.prev_loss[idx] = per_sample.detach()
+    return weighted_loss(per_sample, weights)
 
 
 def _record(run: Run, wall_start: float, diagnostics: dict[str, Any]) -> RunRecord:
@@ -982,10 +974,16 @@ def write_report(out: Path, records: list[dict[str, Any]], max_samples: int | No
                  epochs: int) -> None:
     """``quality.md``, the plots of one setting and every setting's frontier plot. Runs in
     a directory without its own PSP cost measurement are priced by the committed one."""
-    cost = _load_psp_cost(out) or _load_psp_cost(DEFAULT_OUT)
+    cost = report_cost(out)
     write_markdown(out, records, cost)
     write_plots(out, records, max_samples, epochs)
     write_frontier_plots(out, records, cost)
+
+
+def report_cost(out: Path) -> dict[str, Any] | None:
+    """The PSP cost measurement ``out``'s tables are priced by: its own, else the
+    committed one."""
+    return _load_psp_cost(out) or _load_psp_cost(DEFAULT_OUT)
 
 
 def _load_psp_cost(out: Path) -> dict[str, Any] | None:

@@ -19,12 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.* as a script
 
-from benchmarks.quality import (  # noqa: E402
-    DEFAULT_OUT,
-    _load_psp_cost,
-    load_results,
-    save_result,
-)
+from benchmarks.quality import load_results, report_cost, save_result  # noqa: E402
 from benchmarks.quality_record import RunRecord  # noqa: E402
 from benchmarks.quality_report import write_frontier_plots, write_markdown  # noqa: E402
 
@@ -38,7 +33,7 @@ def merge(sources: list[Path], into: Path) -> int:
             save_result(into, RunRecord.from_json(data))
             merged += 1
     records = load_results(into)
-    cost = _load_psp_cost(into) or _load_psp_cost(DEFAULT_OUT)
+    cost = report_cost(into)
     write_markdown(into, records, cost)
     write_frontier_plots(into, records, cost)
     return merged

@@ -22,9 +22,8 @@ from dynams_service.client import (
 from dynams_service.core.data.shards import decode_samples, read_shards
 from dynams_service.core.job import SelectionKind
 from dynams_service.core.models.proxy import build_proxy, export_psp
-from dynams_service.core.selection.distributed_selection import SelectionPart
 from dynams_service.core.selection.policy import SelectionPolicy
-from dynams_service.core.selection.selection_rules import round_seed, rule_select, view_part
+from dynams_service.core.selection.selection_rules import round_seed, rule_select_rows
 from tests.conftest import local_server
 from tests.service.conftest import make_spec
 
@@ -38,10 +37,8 @@ def core_round(small_shards, model, k: int, seed: int, round_: int):
     rows = read_shards(uri, manifest=manifest)
     proxy = build_proxy("fmnist-cnn", 0.25, export_psp(model, 0.25))
     margins = score(proxy, decode_samples(rows.samples, manifest), batch_size=256).numpy()
-    part = SelectionPart(margins, np.arange(N), rows.labels)
-    rule = SelectionPolicy(**POLICY).rule
-    return rule_select(lambda v: [part if v is None else view_part(part, v)], k=k, rule=rule,
-                       seed=round_seed(seed, round_))
+    return rule_select_rows(margins, rows.labels, k=k, rule=SelectionPolicy(**POLICY).rule,
+                            seed=round_seed(seed, round_))
 
 
 def samplers(address, spec, world_size=2, deadline=60.0):

@@ -20,8 +20,7 @@ from dynams_service.core.data.shards import DatasetManifest, decode_samples, rea
 from dynams_service.core.job import JobSpec
 from dynams_service.core.models.models import build_architecture
 from dynams_service.core.models.proxy import load_proxy
-from dynams_service.core.selection.distributed_selection import SelectionPart
-from dynams_service.core.selection.selection_rules import round_seed, rule_select, view_part
+from dynams_service.core.selection.selection_rules import round_seed, rule_select_rows
 from dynams_service.service.errors import Internal, ScorersReleased
 
 
@@ -96,10 +95,9 @@ class LocalScorers:
     def select(self, k: int, round_: int = 0) -> Selected:
         """The policy's rule on one part holding every row, seeded as the Ray scorers are."""
         policy = self.spec.policy
-        part = SelectionPart(self.margins, np.arange(len(self.margins)), self.labels)
-        chosen = rule_select(lambda view: [part if view is None else view_part(part, view)],
-                             k=k, rule=policy.rule, seed=round_seed(policy.seed, round_),
-                             per_class=policy.per_class)
+        chosen = rule_select_rows(self.margins, self.labels, k=k, rule=policy.rule,
+                                  seed=round_seed(policy.seed, round_),
+                                  per_class=policy.per_class)
         return Selected(chosen.indices, chosen.margins, chosen.passes, chosen.weights)
 
     def shutdown(self) -> None:

@@ -16,8 +16,7 @@ import ray
 from dynams_service import score, select
 from dynams_service.core.data.shards import decode_samples, read_shards
 from dynams_service.core.models.proxy import build_proxy, export_psp, records_to_state, spec_of
-from dynams_service.core.selection.distributed_selection import SelectionPart
-from dynams_service.core.selection.selection_rules import round_seed, rule_select, view_part
+from dynams_service.core.selection.selection_rules import round_seed, rule_select_rows
 from dynams_service.service.errors import Internal
 from dynams_service.service.scorer import JobScorers
 
@@ -89,9 +88,8 @@ def test_selection_rules_on_the_actors_equal_the_in_process_rule(ray_cluster, sm
     finally:
         scorers.shutdown()
     _, margins = expected(small_shards, trained_model, False, 1200)
-    part = SelectionPart(margins, np.arange(margins.size))
-    want = rule_select(lambda v: [part if v is None else view_part(part, v)], k=1200,
-                       rule=spec.policy.rule, seed=round_seed(spec.policy.seed, 3))
+    want = rule_select_rows(margins, k=1200, rule=spec.policy.rule,
+                            seed=round_seed(spec.policy.seed, 3))
     np.testing.assert_array_equal(got.indices, want.indices)
     np.testing.assert_allclose(got.margins, margins[want.indices], rtol=1e-5, atol=1e-6)
     assert not np.array_equal(want.indices, select(margins, k=1200))  # not the hard cut

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .selection import budget
-from .selection_rules import SelectionRule
+from .selection_rules import Reweight, SelectionRule, explore_weight
 
 __all__ = ["EpochKind", "EpochPlan", "Plan", "SelectionPolicy"]
 
@@ -125,7 +125,7 @@ class SelectionPolicy(BaseModel):
         description="share of each selection drawn uniformly from the samples outside the "
         "hard cut (0: the hard cut alone)",
     )
-    reweight: Literal["none", "inverse", "normalized"] = Field(
+    reweight: Reweight = Field(
         "none",
         description="loss weights for the explored samples (InfoBatch-style; needs explore "
         "> 0 and class_balance='global'): 'inverse' weighs each 1/p (p: its chance of being "
@@ -181,7 +181,7 @@ class SelectionPolicy(BaseModel):
         selection's do), 1 for ``normalized``, None when the policy does not reweight."""
         if self.reweight == "none":
             return None
-        return num_samples / max(size, 1) if self.reweight == "inverse" else 1.0
+        return explore_weight(num_samples, 0, size) if self.reweight == "inverse" else 1.0
 
     def _round_lengths(self, epochs: int) -> list[int]:
         return _round_lengths(self.warmup_epochs, self.interval_epochs, self.anneal_epochs,

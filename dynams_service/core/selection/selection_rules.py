@@ -33,6 +33,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -47,11 +48,12 @@ from .distributed_selection import (
 )
 from .selection import class_quotas
 
-__all__ = ["PartView", "SelectionRule", "explore_weight", "rule_select", "round_seed",
-           "uniform_keys", "view_part"]
+__all__ = ["REWEIGHTS", "PartView", "Reweight", "SelectionRule", "explore_weight",
+           "rule_select", "rule_select_rows", "round_seed", "uniform_keys", "view_part"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-REWEIGHTS = ("none", "inverse", "normalized")
+Reweight = Literal["none", "inverse", "normalized"]  # SelectionPolicy.reweight's type
+REWEIGHTS: tuple[str, ...] = get_args(Reweight)
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,22 @@ def rule_select(
     if per_class:
         raise ValueError("coverage selection is global; use class_balance='global'")
     return _coverage_select(parts_for, plain, k, rule, seed, common)
+
+
+def rule_select_rows(scores, labels=None, *, k: int, rule: SelectionRule, seed: int,
+                     per_class: bool = False) -> DistributedSelection:
+    """:func:`rule_select` in one process over one part holding every row, its dataset
+    index its row number (what a trainer, a benchmark or a test without scorers needs).
+
+    Example:
+        >>> rule_select_rows(np.arange(10.0), k=4, rule=SelectionRule(explore=0.5),
+        ...                  seed=1).indices[:2].tolist()
+        [0, 1]
+    """
+    scores = np.asarray(scores)
+    part = SelectionPart(scores, np.arange(len(scores)), labels)
+    return rule_select(lambda view: [part if view is None else view_part(part, view)],
+                       k=k, rule=rule, seed=seed, per_class=per_class)
 
 
 def _coverage_select(parts_for, plain, k: int, rule: SelectionRule, seed: int,
