@@ -51,13 +51,20 @@ class JointPSP(nn.Module):
         accuracy). ``every`` divides what is left (docs/benchmarks.md has the measurement).
         """
         logits = self.model(x)
-        if self.training:
-            due = self.steps % self.every == 0
-            self.steps += 1
-            if not due:
-                return logits, None
+        if not self._psp_due():
+            return logits, None
         k = max(1, math.ceil(round(x.shape[0] * self.batch_fraction, 6)))
         return logits, self.model(x[:k], self.width)
+
+    @torch.compiler.disable
+    def _psp_due(self) -> bool:
+        """Count a training forward; whether it runs the PSP. Outside ``torch.compile``'s
+        graph: traced, the changing counter would recompile the model at every step."""
+        if not self.training:
+            return True
+        due = self.steps % self.every == 0
+        self.steps += 1
+        return due
 
 
 def psp_loss(logits: torch.Tensor, psp_logits: torch.Tensor | None, targets: torch.Tensor,
