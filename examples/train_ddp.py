@@ -84,10 +84,12 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return correct / len(x)
 
 
-def train_epoch(args, ddp, parts: dict, x, y, rank: int) -> dict:
-    """This rank's part of the epoch (the rest of it after a resume), as a JSON-able record."""
+def train_epoch(args, ddp, parts: dict, x, y, rank: int, skip: int = 0) -> dict:
+    """This rank's part of the epoch (the rest of it, past ``skip`` samples, after a
+    resume), as a JSON-able record."""
     model, optimizer, schedule, sampler = parts.values()
     began, loss_sum, seen, steps = time.perf_counter(), 0.0, 0, -(-len(sampler) // args.batch_size)
+    done = skip // args.batch_size  # batches trained before the resume
     weighted = not args.full and sampler.spec.policy.reweight != "none"
     for step, batch in enumerate(BatchSampler(sampler, args.batch_size, drop_last=False)):
         weights = sampler.weights_of(batch).to(x.device) if weighted else None  # --reweight
@@ -98,7 +100,7 @@ def train_epoch(args, ddp, parts: dict, x, y, rank: int) -> dict:
         schedule.step()
         loss_sum, seen = loss_sum + loss.item() * len(batch), seen + len(batch)
         if not args.full:
-            sampler.maybe_push(model, (step + 1) / steps, schedule.last_epoch)
+            sampler.maybe_push(model, (done + step + 1) / steps, schedule.last_epoch)
         if rank == 0 and args.checkpoint and schedule.last_epoch % args.checkpoint_every == 0:
             state = {name: part.state_dict() for name, part in parts.items()}  # sampler: position
             torch.save(state, args.checkpoint.with_suffix(".tmp"))
@@ -130,15 +132,17 @@ def main(argv: list[str] | None = None) -> None:
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(  # to 0 over every planned step
         optimizer, T_max=sum(-(-n // args.batch_size) for n in lengths))
     parts = {"model": model, "optimizer": optimizer, "schedule": schedule, "sampler": sampler}
+    resumed = {}  # epoch → samples trained before the resume
     if args.resume and args.checkpoint.exists():  # the sampler then starts mid-epoch
         state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
         for name, part in parts.items():
             part.load_state_dict(state[name])
+        resumed = {state["sampler"]["epoch"]: state["sampler"]["consumed"]}
         print("resumed at epoch {epoch}, {consumed} samples in".format(**state["sampler"]))
     with contextlib.nullcontext() if args.full else sampler:
         for epoch in range(sampler.epoch, args.epochs):  # 0 unless resumed
             sampler.set_epoch(epoch)
-            record = train_epoch(args, ddp, parts, x, y, rank)
+            record = train_epoch(args, ddp, parts, x, y, rank, resumed.get(epoch, 0))
             if rank == 0:
                 print(json.dumps({**record, "samples": lengths[epoch] * world,
                                   "test_accuracy": accuracy(model, *test)}), flush=True)

@@ -82,6 +82,19 @@ def small_shards(tmp_path_factory, fashion_mnist_train) -> tuple[str, DatasetMan
 
 
 @pytest.fixture(scope="session")
+def shard_root(tmp_path_factory, small_shards, fashion_mnist_dir) -> Path:
+    """shards/train (the 4000-sample set) and shards/test (1000 test images)."""
+    from dynams_service.core.data.idx import load_idx_split
+
+    root = tmp_path_factory.mktemp("ddp") / "shards"
+    shutil.copytree(small_shards[0], root / "train")
+    images, labels = load_idx_split(fashion_mnist_dir, "test")
+    write_shards(str(root / "test"), images[:1000, None], labels[:1000], num_classes=10,
+                 stats_from=small_shards[1])
+    return root
+
+
+@pytest.fixture(scope="session")
 def trained_model(small_shards):
     """The fmnist CNN trained one epoch on the small shards with the joint PSP loss."""
     uri, manifest = small_shards
@@ -141,7 +154,8 @@ def jpeg_grey_shards(fashion_mnist_dir) -> tuple[str, DatasetManifest]:
     return uri, read_manifest(uri)
 
 
-TORCHRUN_MODULES = {"test_ddp.py", "test_ddp_images.py", "test_resume.py"}
+TORCHRUN_MODULES = {"test_ddp.py", "test_ddp_images.py", "test_resume.py",
+                    "test_lightning.py", "test_accelerate.py", "test_ray_train.py"}
 
 
 def pytest_collection_modifyitems(config, items):

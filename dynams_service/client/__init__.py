@@ -16,7 +16,7 @@ from .loss_weights import EpochWeights, WithIndices, weighted_loss
 _LAZY = {
     "SelectorClient": ".client",
     "SelectorError": ".errors", "Status": ".errors", "Reason": ".errors",
-    "RoundFailedError": ".errors",
+    "RoundFailedError": ".errors", "SamplerMisuseError": ".batch_audit",
     "JobInfo": ".replies", "RoundInfo": ".replies", "ScorerInfo": ".replies",
     "PushResult": ".replies", "Selection": ".replies",
     "SelectorJob": ".job",

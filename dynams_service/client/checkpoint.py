@@ -23,6 +23,14 @@ class SamplerCheckpoint:
     consumed: int
     pushed: dict[int, int] = field(default_factory=dict)
 
+    @classmethod
+    def at(cls, job_id: str, world_size: int, epoch: int, consumed: int, total: int,
+           pushed: dict[int, int]) -> SamplerCheckpoint:
+        """The position ``consumed`` samples into an epoch of ``total`` for this rank."""
+        if not 0 <= consumed <= total:
+            raise ValueError(f"consumed must be in [0, this epoch's {total}], got {consumed}")
+        return cls(job_id, world_size, epoch, consumed, dict(pushed))
+
     def state(self) -> dict:
         """As a plain dict (what ``torch.save`` and Lightning checkpoints hold)."""
         return asdict(self)

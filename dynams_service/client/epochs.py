@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from ..core.job import SelectionKind
 from ..core.selection.partition import epoch_order, rank_count, rank_part, uniform_subset
-from ..core.selection.policy import Plan
+from ..core.selection.policy import EpochKind, Plan
 from .errors import Reason, RoundFailedError, SelectorError, Status
 from .job import SelectorJob
 from .push import PushScheduler
@@ -93,6 +93,8 @@ class EpochFetcher:
     def __init__(self, job: SelectorJob, plan: Plan, *, rank: int, world_size: int,
                  drop_last: bool, seed: int, deadline: float, pusher: PushScheduler,
                  fallback_on_failed_round: bool = False) -> None:
+        if deadline <= 0:
+            raise ValueError(f"deadline must be > 0 seconds, got {deadline}")
         self.job, self.plan = job, plan
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.seed, self.deadline, self.pusher = seed, deadline, pusher
@@ -119,12 +121,23 @@ class EpochFetcher:
                     del self._futures[old]
             return future
 
-    def forget(self, epoch: int, future: Future) -> None:
-        """Drop ``epoch``'s failed answer, so the next ``fetch`` asks again (after a push
-        that retries the round)."""
-        with self._lock:
-            if self._futures.get(epoch) is future:
-                del self._futures[epoch]
+    def wait(self, epoch: int) -> EpochIndices:
+        """``epoch``'s answer, once it is there; then the next epoch's fetch starts unless
+        its round still waits for a push. A failed round (``RoundFailedError``) is
+        forgotten, so a later push retries it."""
+        future = self.fetch(epoch)
+        try:
+            answer = future.result()
+        except RoundFailedError:
+            with self._lock:
+                if self._futures.get(epoch) is future:
+                    del self._futures[epoch]
+            raise
+        nxt = epoch + 1
+        if nxt < len(self.plan.epochs) and (self.plan[nxt].kind is not EpochKind.SELECT
+                                            or nxt in self.pusher.pushed):
+            self.fetch(nxt)
+        return answer
 
     def _answer(self, epoch: int) -> EpochIndices:
         started = time.monotonic()

@@ -1,8 +1,10 @@
-"""DynaMSSampler: a drop-in for DistributedSampler whose epochs come from the selector.
+"""DynaMSSampler: a DistributedSampler whose epochs come from the selector.
 
 Each rank iterates its part of the epoch's canonical list (``core/selection/partition.py``)
 fetched by an ``EpochFetcher`` (``epochs.py``: the selector's answer, or a seeded uniform
-fallback), resumable mid-epoch; rank 0 pushes the PSP weights (``PushScheduler``).
+fallback), resumable mid-epoch; rank 0 pushes the PSP weights (``PushScheduler``). Being a
+``DistributedSampler``, Lightning and Ray Train leave it in their loaders; ``shard=False``
+gives every rank the whole list, for frameworks that deal batches themselves (Accelerate).
 """
 
 from __future__ import annotations
@@ -11,23 +13,23 @@ import time
 from collections.abc import Iterator, Sized
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 from ..core.job import JobSpec
 from ..core.models.models import SlimmableModel
 from ..core.selection.partition import rank_count
-from ..core.selection.policy import EpochKind, Plan
+from ..core.selection.policy import Plan
 from .checkpoint import SamplerCheckpoint
 from .epochs import EpochFetcher, EpochSource, distributed_rank
-from .errors import RoundFailedError
+from .iterated_epoch import IteratedEpoch
 from .job import SelectorJob
-from .loss_weights import EpochWeights
 from .push import PushScheduler
+from .steps import optimizer_steps
 
 __all__ = ["DynaMSSampler"]
 
 
-class DynaMSSampler(Sampler[int]):
+class DynaMSSampler(DistributedSampler):
     """This rank's indices of each epoch, as selected by the DynaMS selector.
 
     Args:
@@ -41,46 +43,43 @@ class DynaMSSampler(Sampler[int]):
             ``None`` (default) adapts it to the measured round latency (``PushScheduler``).
         fallback_on_failed_round: a round that failed on the selector (a configuration
             error) raises ``RoundFailedError``, unless True: then it falls back.
+        shard: True: each rank iterates its own part; False: every rank iterates the whole
+            list, for a framework that deals batches across processes (Accelerate).
 
-    Example:
-        >>> job = SelectorJob.create(SelectorClient("127.0.0.1:50051"), spec)
-        >>> with DynaMSSampler(train_set, job) as sampler:
-        ...     loader = DataLoader(train_set, batch_size=128, sampler=sampler)
-        ...     for epoch in range(spec.epochs):
-        ...         sampler.set_epoch(epoch)
-        ...         for i, (x, y) in enumerate(loader):
-        ...             ...  # train
-        ...             sampler.maybe_push(model, progress=(i + 1) / len(loader))
+    Example (the training loop, and each framework's: docs/training.md):
+        >>> sampler = DynaMSSampler(train_set, SelectorJob.create(client, spec))
+        >>> loader = DataLoader(train_set, batch_size=128, sampler=sampler)
     """
 
     def __init__(self, dataset_or_len: Sized | int, job: SelectorJob, *,
                  rank: int | None = None, world_size: int | None = None,
                  seed: int | None = None, drop_last: bool = False, deadline: float = 60.0,
                  pipeline_fraction: float | None = None,
-                 fallback_on_failed_round: bool = False) -> None:
-        self.num_samples = dataset_or_len if isinstance(dataset_or_len, int) \
+                 fallback_on_failed_round: bool = False, shard: bool = True) -> None:
+        # DistributedSampler's attributes; its __init__ would need a process group.
+        self.dataset = dataset_or_len
+        self.dataset_size = dataset_or_len if isinstance(dataset_or_len, int) \
             else len(dataset_or_len)
         rank, world_size = distributed_rank(rank, world_size)
-        if deadline <= 0:
-            raise ValueError(f"deadline must be > 0 seconds, got {deadline}")
-        if job.spec.fingerprint.num_samples != self.num_samples:
-            raise ValueError(f"the dataset has {self.num_samples} samples, the job's "
+        if job.spec.fingerprint.num_samples != self.dataset_size:
+            raise ValueError(f"the dataset has {self.dataset_size} samples, the job's "
                              f"fingerprint {job.spec.fingerprint.num_samples}")
-        self.job, self.deadline = job, deadline
+        self.job, self.deadline, self.shard, self.shuffle = job, deadline, shard, False
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.num_replicas = world_size
+        self._parts = world_size if shard else 1  # the list a rank iterates: part or whole
         self.seed = job.spec.policy.seed if seed is None else seed
         self.pusher = PushScheduler(job, sender=rank == 0, send_timeout=max(deadline, 120.0),
                                     lead=pipeline_fraction)
         self._plan = job.spec.plan()
-        self.epochs = EpochFetcher(job, self._plan, rank=rank, world_size=world_size,
-                                   drop_last=drop_last, seed=self.seed, deadline=deadline,
-                                   pusher=self.pusher,
+        self.epochs = EpochFetcher(job, self._plan, rank=rank if shard else 0,
+                                   world_size=self._parts, drop_last=drop_last,
+                                   seed=self.seed, deadline=deadline, pusher=self.pusher,
                                    fallback_on_failed_round=fallback_on_failed_round)
         self.epoch = 0
         self.blocked_seconds: dict[int, float] = {}  # epoch → time __iter__ waited for it
-        self._yielded = 0  # indices of the current epoch handed out so far
-        self._resume_at: tuple[int, int] | None = None  # (epoch, samples already trained)
-        self._weights: EpochWeights | None = None  # the iterated epoch's loss weights
+        self._resume: dict[int, int] = {}  # epoch → samples trained before a resume
+        self._iterated: IteratedEpoch | None = None  # the epoch last handed out
 
     @property
     def spec(self) -> JobSpec:
@@ -101,15 +100,27 @@ class DynaMSSampler(Sampler[int]):
         """Epochs that trained on a uniform fallback subset (check it after a run)."""
         return self.epochs.fallback_epochs
 
-    # --- DistributedSampler's surface ---------------------------------------------------
 
     def plan(self) -> Plan:
         """Every epoch's kind and global size, known before training starts."""
         return self._plan
 
     def epoch_lengths(self) -> list[int]:
-        """This rank's number of samples in every epoch (for LR schedules, progress bars)."""
-        return [rank_count(size, self.world_size, self.drop_last) for size in self._plan.sizes]
+        """The samples this rank iterates in every epoch (for schedules, progress bars)."""
+        return [rank_count(size, self._parts, self.drop_last) for size in self._plan.sizes]
+
+    def total_steps(self, batch_size: int, accumulate: int = 1, drop_last: bool = False) -> int:
+        """This rank's optimizer steps over the run, to size OneCycleLR or a warm-up/cosine
+        schedule (``steps.py``; with ``shard=False`` batches are dealt over the ranks)."""
+        return optimizer_steps(self.epoch_lengths(), batch_size, accumulate=accumulate,
+                               drop_last=drop_last,
+                               dealt_over=1 if self.shard else self.world_size)
+
+    @property
+    def num_samples(self) -> int:
+        """The current epoch's samples for this rank (DistributedSampler's ``len``); a
+        resumed epoch yields those trained before fewer, as Lightning's loop expects."""
+        return rank_count(self._plan[self.epoch].size, self._parts, self.drop_last)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch (and start fetching it in the background)."""
@@ -120,44 +131,35 @@ class DynaMSSampler(Sampler[int]):
         self.epochs.fetch(epoch)
 
     def __len__(self) -> int:
-        """This rank's samples left in the epoch (less those trained before a resume)."""
-        return rank_count(self._plan[self.epoch].size, self.world_size,
-                          self.drop_last) - self._skip(self.epoch)
+        return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
         started = time.perf_counter()
-        future = self.epochs.fetch(self.epoch)
-        try:
-            answer = future.result()
-        except RoundFailedError:
-            self.epochs.forget(self.epoch, future)  # a later push may retry the round
-            raise
+        answer = self.epochs.wait(self.epoch)
         self.blocked_seconds[self.epoch] = time.perf_counter() - started
-        nxt = self.epoch + 1
-        if nxt < len(self._plan.epochs) and (self._plan[nxt].kind is not EpochKind.SELECT
-                                             or nxt in self.pushed):
-            self.epochs.fetch(nxt)
-        self._weights = EpochWeights(self.epoch, answer.indices, answer.weights, answer.default)
-        self._yielded = skip = self._skip(self.epoch)
-        self._resume_at = None
-        return self._counted(answer.indices[skip:].tolist())
+        self._iterated = IteratedEpoch(self.epoch, answer, self._resume.pop(self.epoch, 0),
+                                       shard=self.shard, rank=self.rank,
+                                       world_size=self.world_size)
+        return iter(self._iterated)
 
     def weights_of(self, indices) -> torch.Tensor:
         """float32 loss weights of a batch's dataset indices in the iterated epoch (all 1
         unless the policy reweights; the training step: ``loss_weights.py``)."""
-        if self._weights is None or self._weights.epoch != self.epoch:
-            raise RuntimeError(f"weights_of() before iterating epoch {self.epoch}")
-        return self._weights.of(indices)
+        return self._current("weights_of").weights_of(indices)
 
-    def _counted(self, indices: list[int]) -> Iterator[int]:
-        for i in indices:
-            self._yielded += 1
-            yield i
+    def check_batch(self, indices) -> None:
+        """Raise ``SamplerMisuseError`` unless the batch (its dataset indices: ``WithIndices``)
+        is the one this rank should train next: a replaced or re-sharded sampler fails."""
+        self._current("check_batch").audit.check(indices)
 
-    def _skip(self, epoch: int) -> int:
-        return self._resume_at[1] if self._resume_at and self._resume_at[0] == epoch else 0
+    def _current(self, caller: str | None = None) -> IteratedEpoch | None:
+        """The current epoch's iteration (None before it starts; ``caller`` then raises)."""
+        if self._iterated is not None and self._iterated.epoch == self.epoch:
+            return self._iterated
+        if caller:
+            raise RuntimeError(f"{caller}() before iterating epoch {self.epoch}")
+        return None
 
-    # --- checkpoints --------------------------------------------------------------------
 
     def state_dict(self, consumed: int | None = None) -> dict:
         """What a checkpoint needs to resume this sampler exactly, mid-epoch included.
@@ -166,12 +168,11 @@ class DynaMSSampler(Sampler[int]):
         default the number of indices the iterator has handed out (pass it when a
         DataLoader prefetches ahead of training: ``(step + 1) * batch_size``).
         """
-        consumed = self._yielded if consumed is None else consumed
-        total = rank_count(self._plan[self.epoch].size, self.world_size, self.drop_last)
-        if not 0 <= consumed <= total:
-            raise ValueError(f"consumed must be in [0, this epoch's {total}], got {consumed}")
-        return SamplerCheckpoint(self.spec.job_id, self.world_size, self.epoch, consumed,
-                                 dict(self.pushed)).state()
+        if consumed is None:
+            current = self._current()
+            consumed = current.yielded if current else self._resume.get(self.epoch, 0)
+        return SamplerCheckpoint.at(self.spec.job_id, self.world_size, self.epoch, consumed,
+                                    self.num_samples, self.pushed).state()
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state_dict()``: the next ``set_epoch(state["epoch"])`` then
@@ -181,13 +182,11 @@ class DynaMSSampler(Sampler[int]):
                                        world_size=self.world_size, epochs=len(self._plan.epochs))
         self.pusher.pushed = dict(point.pushed)
         self.epoch = point.epoch
-        self._resume_at = (point.epoch, point.consumed)
+        self._resume = {point.epoch: point.consumed}
 
-    # --- weights (scheduled and sent by ``self.pusher``) ----------------------------------
 
     def push_due(self, progress: float) -> bool:
-        """Whether the PSP weights for the next round are due, ``progress`` (the fraction
-        of the current epoch done) into it: ``sync`` at 1.0, ``pipelined`` earlier."""
+        """Whether the next round's weights are due ``progress`` (fraction) into the epoch."""
         return self.pusher.due(self._plan.next_select_epoch(self.epoch), progress)
 
     def push(self, model: SlimmableModel, version: int | None = None) -> int | None:
@@ -202,10 +201,10 @@ class DynaMSSampler(Sampler[int]):
 
     def maybe_push(self, model: SlimmableModel, progress: float,
                    version: int | None = None) -> int | None:
-        """``push(model, version)`` when ``push_due(progress)``; call it after every step."""
+        """``push(model, version)`` when due ``progress`` (the fraction of the epoch done)
+        into it: ``sync`` at 1.0, ``pipelined`` earlier; call it after every step."""
         return self.push(model, version) if self.push_due(progress) else None
 
-    # --- lifetime -----------------------------------------------------------------------
 
     def close(self) -> None:
         """Stop background work within ``deadline`` s (idempotent): queued pushes are
