@@ -4,7 +4,8 @@ The sampler is a ``DistributedSampler``, so Lightning keeps it in the training l
 (``use_distributed_sampler`` does not wrap it). The callback does the rest of what a
 hand-written loop does: it pushes the PSP weights when due, checks the trained batches
 against the sampler (with ``WithIndices``), keeps the sampler's position in Lightning's
-checkpoints (a run killed mid-epoch resumes with the same samples), and has Lightning
+checkpoints (a run killed mid-epoch resumes with the same samples), asks for no round
+of an epoch past the Trainer's ``max_epochs``, and has Lightning
 re-read the loader's length every epoch, since epoch lengths follow the selection.
 """
 
@@ -101,14 +102,21 @@ class DynaMSCallback(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
         self.trained += extract_batch_size(batch)
-        progress = (self.start + self.trained) / max(len(self.sampler), 1)
-        self.sampler.maybe_push(self.model(pl_module), progress)
+        if trainer.current_epoch + 1 < self.epochs(trainer):  # no round for an unrun epoch
+            progress = (self.start + self.trained) / max(len(self.sampler), 1)
+            self.sampler.maybe_push(self.model(pl_module), progress)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The next epoch's length must be known when Lightning reloads the loader, which
         # happens before it sets the samplers' epoch.
-        if trainer.current_epoch + 1 < len(self.sampler.plan().epochs):
+        if trainer.current_epoch + 1 < self.epochs(trainer):
             self.sampler.set_epoch(trainer.current_epoch + 1)
+
+    def epochs(self, trainer: pl.Trainer) -> int:
+        """Epochs this fit runs: the job's plan, cut at the Trainer's ``max_epochs``."""
+        planned = len(self.sampler.plan().epochs)
+        limit = trainer.max_epochs
+        return planned if limit is None or limit < 0 else min(planned, limit)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
