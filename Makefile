@@ -7,6 +7,8 @@ DATA_DIR ?= /usr/share/datasets/fashion-mnist
 SHARDS ?= data/fashion-mnist
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# pytest-xdist workers for make test (0: one process); files stay whole on one worker.
+TEST_WORKERS ?= 2
 
 .PHONY: test test-fast demo lint data venv clean
 
@@ -42,13 +44,13 @@ $(SHARDS)/train/dynams-dataset.json: $(STAMP) | data
 
 test: $(STAMP) data
 	$(VENV)/bin/ruff check .
-	DYNAMS_FASHION_MNIST_DIR=$(DATA_DIR) $(PY) -m pytest $(PYTEST_ARGS)
+	DYNAMS_FASHION_MNIST_DIR=$(DATA_DIR) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The tests that need neither Ray nor torchrun: the core, the client, the coordinator
 # with in-process scorers, the CLI, the docs (about a minute).
 test-fast: $(STAMP) data
 	$(VENV)/bin/ruff check .
-	DYNAMS_FASHION_MNIST_DIR=$(DATA_DIR) $(PY) -m pytest -m "not ray and not slow and not soak" $(PYTEST_ARGS)
+	DYNAMS_FASHION_MNIST_DIR=$(DATA_DIR) $(PY) -m pytest -m "not ray and not slow and not soak" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
