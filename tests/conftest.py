@@ -169,23 +169,6 @@ def pytest_collection_modifyitems(config, items):
         path = item.path
         if path.name in TORCHRUN_MODULES or path.parent.name == "benchmarks":
             item.add_marker(pytest.mark.slow)
-    heaviest_files_first(items)
-
-
-# Rough seconds per test on 2 cores, by marker: enough to order files, not to time them.
-COST = {"slow": 10.0, "ray": 3.0}
-
-
-def heaviest_files_first(items: list[pytest.Item]) -> None:
-    """Order files by their estimated cost, the heaviest first, each file's tests in their
-    own order: on xdist workers (``--dist loadfile``) the long files then start early
-    instead of leaving one worker running them alone at the end."""
-    cost: dict[Path, float] = {}
-    for item in items:
-        marks = {mark.name for mark in item.iter_markers()}
-        each = max((COST[m] for m in marks & COST.keys()), default=0.1)
-        cost[item.path] = cost.get(item.path, 0.0) + each
-    items.sort(key=lambda item: -cost[item.path])  # stable: a file's tests keep their order
 
 
 def local_server(state_dir: Path, address: str = "127.0.0.1:0", **kwargs):
