@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dynams_service import SlimCNN
+from dynams_service import ShardDataset, SlimCNN
 from dynams_service.client import (
     DynaMSSampler,
     JointPSP,
@@ -50,16 +50,18 @@ def sampler(local_server_factory, small_shards):
     client.close()
 
 
+@pytest.fixture()
+def data(small_shards) -> WithIndices:
+    return WithIndices(ShardDataset(small_shards[0]))
+
+
 def trainer(callback: DynaMSCallback, epochs: int) -> pl.Trainer:
     return pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, callbacks=[callback],
                       logger=False, enable_progress_bar=False, enable_model_summary=False,
                       enable_checkpointing=False)
 
 
-def test_callback_trains_the_samplers_epochs_and_pushes_at_their_end(sampler, small_shards):
-    from dynams_service import ShardDataset
-
-    data = WithIndices(ShardDataset(small_shards[0]))
+def test_callback_trains_the_samplers_epochs_and_pushes_at_their_end(sampler, data):
     callback = DynaMSCallback(sampler)
     fit = trainer(callback, 2)
     fit.fit(Tiny(DataLoader(data, batch_size=200, sampler=sampler)))
@@ -70,10 +72,7 @@ def test_callback_trains_the_samplers_epochs_and_pushes_at_their_end(sampler, sm
     assert fit.global_step == 20 + 6  # 4000, then 1200 samples: the second epoch's length
 
 
-def test_callback_refuses_a_loader_that_does_not_use_its_sampler(sampler, small_shards):
-    from dynams_service import ShardDataset
-
-    data = WithIndices(ShardDataset(small_shards[0]))
+def test_callback_refuses_a_loader_that_does_not_use_its_sampler(sampler, data):
     with pytest.raises(SamplerMisuseError, match="RandomSampler"):
         trainer(DynaMSCallback(sampler), 1).fit(Tiny(DataLoader(data, batch_size=200,
                                                                 shuffle=True)))
