@@ -1,4 +1,5 @@
-"""The ``dynams`` console script on real Fashion-MNIST, and its error messages."""
+"""The ``dynams`` command line on real Fashion-MNIST, and its error messages (run in this
+process through its ``main()``; one test runs the installed console script)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,7 @@ from pathlib import Path
 
 import pytest
 
-DYNAMS = [sys.executable, "-m", "dynams_service.cli"]
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*DYNAMS, *args], capture_output=True, text=True, timeout=300)
+from .cli_runner import dynams as run
 
 
 def test_convert_and_info(fashion_mnist_dir, tmp_path):

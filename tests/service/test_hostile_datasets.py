@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from dynams_service.client import SelectorClient, SelectorError
 from dynams_service.core.data.shards import MANIFEST_NAME
 
+from ..cli_runner import dynams as run_cli
 from .conftest import Selector, make_spec
 
 C = grpc.StatusCode
@@ -151,9 +153,6 @@ def test_a_fifo_in_a_saved_job_does_not_stop_a_restart(tmp_path, small_shards, r
 
 
 def test_job_list_and_delete_from_the_command_line(selector, small_shards):
-    import subprocess
-    import sys
-
     server, allowed = selector
     root = dataset(allowed, small_shards, "cli-jobs")
     client = SelectorClient(server.address, retries=0)
@@ -161,9 +160,7 @@ def test_job_list_and_delete_from_the_command_line(selector, small_shards):
         "resources": make_spec(small_shards).resources.model_copy(update={"num_cpus": 0})}))
 
     def dynams(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "dynams_service.cli", *args,
-                               "--address", server.address], capture_output=True, text=True,
-                              timeout=60)
+        return run_cli(*args, "--address", server.address)
 
     listed = dynams("job", "list")
     assert listed.returncode == 0, listed.stderr
