@@ -16,8 +16,9 @@ global) and reports
   distributed selection alone);
 
 then, on the largest round, GetSelection for ``--ranks`` concurrent ranks on loopback
-(client threads in 4 processes, one channel each): every rank's wait from a common start
-to its last byte, the max/median wait and the aggregate throughput.
+(client threads in ``--client-processes`` processes, default 4, one channel each): every
+rank's wait from a common start to its last byte, the max/median wait and the aggregate
+throughput.
 
 Datasets (1-byte samples, labels ``i % 10``) are written once under ``--data-dir``.
 Results go to ``--out DIR`` (``scale_head.json`` + ``scale_head.png``); pass
@@ -300,7 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, required=True,
                         help="directory for scale_head.json/.png (benchmarks/results to "
                              "replace the committed figures)")
-    parser.add_argument("--smoke", action="store_true", help="N=20k, K=2, 4 and 8 ranks")
+    parser.add_argument("--smoke", action="store_true",
+                        help="N=20k, K=2, 4 and 8 ranks served from one client process")
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e6, 1e7, 1e8])
     parser.add_argument("--scorers", type=int, nargs="+", default=[8, 32, 64])
     parser.add_argument("--ranks", type=int, nargs="+", default=[64, 256, 512])
@@ -309,9 +311,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data-dir", type=Path,
                         default=Path(tempfile.gettempdir()) / "dynams-scale-head-data")
     parser.add_argument("--object-store-gb", type=float, default=3.0)
+    parser.add_argument("--client-processes", type=int, default=4,
+                        help="processes the serving ranks' threads are spread over")
     args = parser.parse_args(argv)
     if args.smoke:
         args.sizes, args.scorers, args.ranks, args.per_class_at = [2e4], [2], [4, 8], 2e4
+        args.client_processes = 1
 
     import ray
 
@@ -370,7 +375,8 @@ def main(argv: list[str] | None = None) -> dict:
             client.get_selection(served_job, 1, 0, most, timeout=600)  # builds the order
             results["order_build_seconds"] = round(time.perf_counter() - started, 3)
             for world in args.ranks:
-                results["serving"].append(serve(server.address, served_job, world))
+                results["serving"].append(serve(server.address, served_job, world,
+                                                args.client_processes))
     finally:
         server.stop(grace=0)
         ray.shutdown()

@@ -64,6 +64,10 @@ def ray_cluster() -> Iterator[None]:
     os.environ["RAY_TMPDIR"] = str(temp)
     (temp / "auth_token").write_text(secrets.token_hex(32))
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(temp / "auth_token")
+    # What only costs CPU here: usage reporting, and idle workers started ahead of any task
+    # (every scorer actor gets a process of its own that imports torch anyway).
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=str(temp),
              logging_level="WARNING")
     yield

@@ -17,7 +17,7 @@ import torch
 
 from dynams_service import JobSpec, ProxySpec, ScorerResources, SelectionPolicy, score, select
 from dynams_service.client import SelectorClient, SelectorError, Status
-from dynams_service.core.data.shards import decode_samples, read_shards
+from dynams_service.core.data.shards import decode_samples, read_shards, write_shards
 from dynams_service.core.job import RoundState
 from dynams_service.core.models.proxy import TensorRecord, build_proxy, export_psp
 from dynams_service.proto.dynams.v1 import selector_pb2_grpc
@@ -44,6 +44,16 @@ def expected(shards, model, batch_size=512) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
+def round_shards(tmp_path_factory, fashion_mnist_train):
+    """The first 20000 training images in 5 shards: a round scores for seconds, long enough
+    to kill a scorer or the selector in the middle of it."""
+    images, labels = fashion_mnist_train
+    uri = str(tmp_path_factory.mktemp("round") / "train")
+    return uri, write_shards(uri, images[:20000, None], labels[:20000], num_classes=10,
+                             rows_per_shard=4000)
+
+
+@pytest.fixture(scope="module")
 def second_model(trained_model):
     """Different weights for a later round (the trained model, perturbed)."""
     torch.manual_seed(1)
@@ -56,17 +66,17 @@ def second_model(trained_model):
 
 
 @pytest.mark.parametrize("how", ["ray.kill", "SIGKILL"])
-def test_scorer_killed_mid_round_gives_the_identical_round(server_factory, fashion_mnist_shards,
+def test_scorer_killed_mid_round_gives_the_identical_round(server_factory, round_shards,
                                                            trained_model, how):
     server = server_factory()
     client = SelectorClient(server.address)
-    spec = full_spec(fashion_mnist_shards, f"kill-{how.lower().replace('.', '-')}")
+    spec = full_spec(round_shards, f"kill-{how.lower().replace('.', '-')}")
     client.create_job(spec)
     victim = ray.get_actor(f"dynams:{spec.job_id}:scorer:1")
     pid = ray.get(victim.pid.remote())
     started = time.perf_counter()
     client.push_weights(spec.job_id, 1, 1, export_psp(trained_model, 0.25))
-    time.sleep(0.3)  # the round is scoring 60k samples: kill one scorer in the middle
+    time.sleep(0.3)  # the round is scoring 20k samples: kill one scorer in the middle
     if how == "ray.kill":
         ray.kill(victim, no_restart=True)
     else:
@@ -75,7 +85,7 @@ def test_scorer_killed_mid_round_gives_the_identical_round(server_factory, fashi
     got = header.indices
     elapsed = time.perf_counter() - started
     assert header.weights_version == 1
-    assert np.array_equal(np.sort(got), expected(fashion_mnist_shards, trained_model))
+    assert np.array_equal(np.sort(got), expected(round_shards, trained_model))
     status = client.get_job(spec.job_id)
     assert status.rounds[0].state == RoundState.DONE
     print(f"\n{how}: round with a killed scorer took {elapsed:.1f}s")
@@ -142,10 +152,10 @@ def assert_round0_kept_and_round1_waiting(client: SelectorClient, job_id: str,
         assert header == round0[rank] and np.array_equal(part, round0[rank].indices)
 
 
-def test_selector_sigkilled_during_push_and_round(ray_cluster, fashion_mnist_shards,
+def test_selector_sigkilled_during_push_and_round(ray_cluster, round_shards,
                                                   trained_model, second_model, tmp_path):
     state = tmp_path / "state"
-    spec = full_spec(fashion_mnist_shards, "crashy")
+    spec = full_spec(round_shards, "crashy")
     first = Selector(state)
     try:
         client = SelectorClient(first.address)
@@ -177,7 +187,7 @@ def test_selector_sigkilled_during_push_and_round(ray_cluster, fashion_mnist_sha
     try:
         client = SelectorClient(second.address)
         assert_round0_kept_and_round1_waiting(client, spec.job_id, round0)
-        # 2. Killed during a round: the push is committed, scoring 60k samples is running.
+        # 2. Killed during a round: the push is committed, scoring 20k samples is running.
         client.push_weights(spec.job_id, 2, 2, export_psp(second_model, 0.25))
         second.sigkill()
     finally:
@@ -197,6 +207,6 @@ def test_selector_sigkilled_during_push_and_round(ray_cluster, fashion_mnist_sha
         header = client.get_selection(spec.job_id, 2, 0, 1, timeout=600)
         got = header.indices
         assert header.weights_version == 2
-        assert np.array_equal(np.sort(got), expected(fashion_mnist_shards, second_model))
+        assert np.array_equal(np.sort(got), expected(round_shards, second_model))
     finally:
         third.stop()

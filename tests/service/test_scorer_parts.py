@@ -43,31 +43,32 @@ def expected(small_shards, trained_model, per_class: bool, k: int):
     return select(margins, rows.labels, k=k, per_class=per_class), margins
 
 
-@pytest.mark.parametrize("loss", ["none", "ray.kill", "SIGKILL"])
 @pytest.mark.parametrize("per_class", [False, True])
 def test_selection_over_kept_margins_survives_a_lost_part(ray_cluster, small_shards,
-                                                          trained_model, snapshot, loss,
-                                                          per_class):
+                                                          trained_model, snapshot, per_class):
+    """Three scorers score once; the k-selection is then asked three times: with every part
+    kept, after one actor is SIGKILLed (Ray restarts it holding nothing), and after another
+    is killed for good (ray.kill). Each answer equals select() over all margins."""
     uri, manifest = small_shards
-    spec = make_spec(small_shards, f"parts-{loss.replace('.', '').lower()}-{int(per_class)}",
+    spec = make_spec(small_shards, f"parts-{int(per_class)}",
                      class_balance="per_class" if per_class else "global")
     spec = spec.model_copy(update={"resources": spec.resources.model_copy(
-        update={"num_cpus": 0})})
+        update={"num_cpus": 0, "num_scorers": 3})})
+    chosen, margins = expected(small_shards, trained_model, per_class, 1200)
     scorers = JobScorers(spec, manifest)
     try:
         scored = scorers.score(snapshot, "distance")
         assert scored.rows == manifest.num_samples
-        victim = scorers.actors[1]
-        if loss == "ray.kill":
-            ray.kill(victim, no_restart=True)
-        elif loss == "SIGKILL":  # Ray restarts the actor; it comes back holding nothing
-            os.kill(ray.get(victim.pid.remote()), signal.SIGKILL)
-        got = scorers.select(1200)
+        for loss in ("none", "SIGKILL", "ray.kill"):
+            if loss == "SIGKILL":
+                os.kill(ray.get(scorers.actors[1].pid.remote()), signal.SIGKILL)
+            elif loss == "ray.kill":
+                ray.kill(scorers.actors[2], no_restart=True)
+            got = scorers.select(1200)
+            np.testing.assert_array_equal(got.indices, chosen, err_msg=f"after {loss}")
+            np.testing.assert_allclose(got.margins, margins[chosen], **MARGIN_TOLERANCE)
     finally:
         scorers.shutdown()
-    chosen, margins = expected(small_shards, trained_model, per_class, 1200)
-    np.testing.assert_array_equal(got.indices, chosen)
-    np.testing.assert_allclose(got.margins, margins[chosen], **MARGIN_TOLERANCE)
 
 
 @pytest.mark.parametrize(("rule", "loss"), [
@@ -107,10 +108,10 @@ def test_a_release_during_a_round_fails_it_and_leaves_no_scorer(ray_cluster, sma
     by the release looked like a dead one: the round started a replacement (left running
     under the job's name) or hit an IndexError on the emptied actor list."""
     uri, manifest = small_shards
-    for attempt in range(3):
+    for attempt in range(3):  # one scorer each: the release races the round, not the parts
         spec = make_spec(small_shards, f"release-{attempt}")
         spec = spec.model_copy(update={"resources": spec.resources.model_copy(
-            update={"num_cpus": 0})})
+            update={"num_cpus": 0, "num_scorers": 1})})
         scorers = JobScorers(spec, manifest)
         outcome: dict[str, str] = {}
 
@@ -140,7 +141,7 @@ def test_a_release_during_a_round_fails_it_and_leaves_no_scorer(ray_cluster, sma
     # and is killed; before, it stayed up under the job's name.
     spec = make_spec(small_shards, "release-window")
     spec = spec.model_copy(update={"resources": spec.resources.model_copy(
-        update={"num_cpus": 0})})
+        update={"num_cpus": 0, "num_scorers": 1})})
     scorers = JobScorers(spec, manifest)
     failures: list[BaseException] = []
 

@@ -27,21 +27,40 @@ def expected_selection(small_shards, model, ratio=0.3, batch_size=256) -> np.nda
     return select(margins, rows.labels, ratio=ratio, per_class=True)
 
 
-@pytest.fixture()
-def job_with_round(server_factory, small_shards, trained_model):
-    server = server_factory()
+def start_job(server, small_shards, trained_model, job_id: str = "fmnist-small"):
+    """A job on ``server`` with round 0's weights pushed (version 11)."""
     client = SelectorClient(server.address)
-    spec = make_spec(small_shards)
+    spec = make_spec(small_shards, job_id)
     job = client.create_job(spec)
     ack = client.push_weights(spec.job_id, epoch=1, version=11,
                               records=export_psp(trained_model, 0.25))
     return server, client, spec, job, ack
 
 
-def test_round_equals_the_in_process_core(job_with_round, small_shards, trained_model):
-    server, client, spec, job, ack = job_with_round
+@pytest.fixture()
+def job_with_round(server_factory, small_shards, trained_model):
+    """A job of its own, for the tests that push more or restart the server."""
+    return start_job(server_factory(), small_shards, trained_model)
+
+
+@pytest.fixture(scope="module")
+def shared_round(ray_cluster, tmp_path_factory, small_shards, trained_model):
+    """One server and job shared by the tests that only read round 0 (or push it again,
+    which changes nothing): each job costs two scorer processes."""
+    from dynams_service.service.server import SelectorServer
+
+    server = SelectorServer("127.0.0.1:0", state_dir=tmp_path_factory.mktemp("state")).start()
+    try:
+        yield start_job(server, small_shards, trained_model, "fmnist-shared")
+    finally:
+        server.stop(grace=0)
+
+
+def test_round_equals_the_in_process_core(shared_round, small_shards, trained_model):
+    server, client, spec, job, ack = shared_round
     assert list(job.epoch_sizes) == [4000, 1200, 1200, 1200]
-    assert list(job.scorers) == ["dynams:fmnist-small:scorer:0", "dynams:fmnist-small:scorer:1"]
+    assert list(job.scorers) == ["dynams:fmnist-shared:scorer:0",
+                                 "dynams:fmnist-shared:scorer:1"]
     assert ack.round == 0 and not ack.already_done and ack.bytes_received > 0
     expected = expected_selection(small_shards, trained_model)
 
@@ -60,8 +79,8 @@ def test_round_equals_the_in_process_core(job_with_round, small_shards, trained_
 
 
 @pytest.mark.parametrize(("world_size", "drop_last"), [(7, False), (7, True), (1, False)])
-def test_rank_parts_follow_distributed_sampler(job_with_round, world_size, drop_last):
-    _, client, spec, _, _ = job_with_round
+def test_rank_parts_follow_distributed_sampler(shared_round, world_size, drop_last):
+    _, client, spec, _, _ = shared_round
     answers = gather(client, spec.job_id, 1, world_size, drop_last)
     lengths = {len(part) for _, part in answers}
     assert len(lengths) == 1
@@ -72,8 +91,8 @@ def test_rank_parts_follow_distributed_sampler(job_with_round, world_size, drop_
     assert unique == min(len(flat), 1200)
 
 
-def test_full_epochs_need_no_weights_and_unpushed_rounds_say_so(job_with_round):
-    _, client, spec, _, _ = job_with_round
+def test_full_epochs_need_no_weights_and_unpushed_rounds_say_so(shared_round):
+    _, client, spec, _, _ = shared_round
     header = client.get_selection(spec.job_id, 0, 0, 1)
     part = header.indices
     assert header.kind == SelectionKind.FULL and header.round == -1
@@ -102,8 +121,8 @@ def test_a_rank_waits_for_the_weights_in_one_call(job_with_round, trained_model)
     assert answer[0].weights_version == 5
 
 
-def test_pushing_again_changes_nothing(job_with_round, trained_model):
-    _, client, spec, _, _ = job_with_round
+def test_pushing_again_changes_nothing(shared_round, trained_model):
+    _, client, spec, _, _ = shared_round
     before = client.get_selection(spec.job_id, 1, 0, 1, timeout=120).indices
     model = trained_model
     ack = client.push_weights(spec.job_id, epoch=1, version=12, records=export_psp(model, 0.25))
