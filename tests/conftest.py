@@ -85,13 +85,22 @@ def small_shards(tmp_path_factory, fashion_mnist_train) -> tuple[str, DatasetMan
     return uri, manifest
 
 
+# The training runs' set: training, not the process start, is their main cost. 2200 samples
+# and 660 selected make an even number of 128-sample batches (18 and 6), each ending short.
+DDP_N = 2200
+
+
 @pytest.fixture(scope="session")
-def shard_root(tmp_path_factory, small_shards, fashion_mnist_dir) -> Path:
-    """shards/train (the 4000-sample set) and shards/test (1000 test images)."""
+def shard_root(tmp_path_factory, fashion_mnist_train, small_shards, fashion_mnist_dir) -> Path:
+    """What the training runs (torchrun, Lightning, Accelerate, Ray Train) read:
+    shards/train (the first 2200 training images, 4 shards) and shards/test (1000 test
+    images), normalised like the small shards."""
     from dynams_service.core.data.idx import load_idx_split
 
     root = tmp_path_factory.mktemp("ddp") / "shards"
-    shutil.copytree(small_shards[0], root / "train")
+    images, labels = fashion_mnist_train
+    write_shards(str(root / "train"), images[:DDP_N, None], labels[:DDP_N], num_classes=10,
+                 rows_per_shard=DDP_N // 4, stats_from=small_shards[1])
     images, labels = load_idx_split(fashion_mnist_dir, "test")
     write_shards(str(root / "test"), images[:1000, None], labels[:1000], num_classes=10,
                  stats_from=small_shards[1])

@@ -60,7 +60,7 @@ def test_two_ranks_train_on_the_selectors_canonical_list(server_factory, shard_r
     out = finish(proc)
     summary = read_output(out)
     assert summary["fallback_epochs"] == [] and "no selection from" not in out  # no warning
-    assert summary["fraction_trained"] == pytest.approx((4000 + 3 * 1200) / (4 * 4000))
+    assert summary["fraction_trained"] == pytest.approx((2200 + 3 * 660) / (4 * 2200))
     rec = tmp_path / "records"
     info = [json.loads((rec / f"rank{r}.json").read_text()) for r in range(2)]
     assert info[0]["param_sha256"] == info[1]["param_sha256"]  # DDP replicas identical
@@ -81,10 +81,10 @@ def test_two_ranks_train_on_the_selectors_canonical_list(server_factory, shard_r
         assert sorted(np.concatenate(parts).tolist()) == sorted(whole.indices.tolist())
         weights = [np.load(rec / f"rank{r}-epoch{epoch}-weights.npy") for r in range(2)]
         table = dict(zip(whole.indices.tolist(), (whole.weights if epoch else
-                                                  np.ones(4000)).tolist(), strict=True))
+                                                  np.ones(2200)).tolist(), strict=True))
         for part, w in zip(parts, weights, strict=True):  # what each step weighed by
             np.testing.assert_array_equal(w, [table[i] for i in part.tolist()])
-        assert sum(table.values()) == pytest.approx(4000, rel=1e-5)
+        assert sum(table.values()) == pytest.approx(2200, rel=1e-5)
         for r in range(2):
             source = info[r]["sources"][str(epoch)]
             assert source["kind"] == ("full" if epoch == 0 else "subset")
@@ -119,4 +119,4 @@ def test_selector_killed_mid_run_falls_back_and_finishes(server_factory, shard_r
     assert 0 not in summary["fallback_epochs"]
     assert "no selection from" in out  # the sampler's warning
     sizes = [e["samples"] for e in summary["epochs"]]
-    assert sizes == [4000, 1200, 1200, 1200]  # the planned sizes, fallback or not
+    assert sizes == [2200, 660, 660, 660]  # the planned sizes, fallback or not

@@ -17,7 +17,7 @@ import torch
 from .test_ddp import EPOCHS, finish, torchrun, torchrun_command
 
 BATCH = 128
-EVERY = 18  # epoch 0 (all 4000 samples) is 16 steps per rank: the first save is mid-epoch 1
+EVERY = 11  # epoch 0 (all 2200 samples) is 9 steps per rank: the first save is mid-epoch 1
 
 
 def run_args(shard_root: Path, tmp: Path, job_id: str, selector: str) -> list[str]:

@@ -40,8 +40,8 @@ def test_accelerate_deals_the_whole_selection_across_processes(server_factory, s
     summary = json.loads(next(line for line in out.stdout.splitlines()
                               if line.startswith('{"fraction_trained"')))
     assert summary["fallback_epochs"] == []
-    # 4000 samples: 32 batches, 16 per process; then 1200: 10 batches, 5 each.
-    assert summary["scheduler_steps"] == summary["planned_steps"] == 16 + 5 + 5
+    # 2200 samples: 18 batches, 9 per process; then 660: 6 batches, 3 each.
+    assert summary["scheduler_steps"] == summary["planned_steps"] == 9 + 3 + 3
     client = SelectorClient(selector)
     for rank in (0, 1):
         assert json.loads((records / f"rank{rank}.json").read_text())["world"] == 2

@@ -50,7 +50,7 @@ def test_torch_trainer_workers_train_their_parts(server_factory, shard_root, tmp
     assert result.error is None
     metrics = result.metrics
     assert metrics["epoch"] == EPOCHS - 1 and metrics["fallback_epochs"] == []
-    assert metrics["scheduler_steps"] == metrics["planned_steps"] == 16 + 5 + 5
+    assert metrics["scheduler_steps"] == metrics["planned_steps"] == 9 + 3 + 3
     assert (Path(result.checkpoint.path) / "model.pt").exists()
     client = SelectorClient(selector)
     for epoch in range(EPOCHS):
