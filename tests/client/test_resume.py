@@ -22,7 +22,7 @@ EVERY = 11  # epoch 0 (all 2200 samples) is 9 steps per rank: the first save is 
 
 def run_args(shard_root: Path, tmp: Path, job_id: str, selector: str) -> list[str]:
     return ["--selector", selector, "--shards", str(shard_root), "--epochs", str(EPOCHS),
-            "--ratio", "0.3", "--staleness", "sync", "--job-id", job_id, "--scorers", "2",
+            "--ratio", "0.3", "--staleness", "sync", "--job-id", job_id, "--scorers", "1",
             "--batch-size", str(BATCH), "--checkpoint", str(tmp / "ckpt.pt"),
             "--checkpoint-every", str(EVERY)]
 

@@ -39,12 +39,13 @@ from .conftest import canonical_from_parts, gather
 
 
 def image_spec(shards, job_id: str, *, cache_bytes: int = 1 << 30,
-               architecture: str = "cifar-resnet18", uri: str | None = None) -> JobSpec:
+               architecture: str = "cifar-resnet18", uri: str | None = None,
+               num_scorers: int = 2) -> JobSpec:
     return JobSpec(job_id=job_id, dataset_uri=uri or shards[0],
                    fingerprint=shards[1].fingerprint,
                    proxy=ProxySpec(architecture=architecture, width=0.25),
                    policy=SelectionPolicy(ratio=0.3, warmup_epochs=1, seed=3), epochs=3,
-                   resources=ScorerResources(num_scorers=2, num_cpus=1, batch_size=64,
+                   resources=ScorerResources(num_scorers=num_scorers, num_cpus=1, batch_size=64,
                                              cache_bytes=cache_bytes))
 
 
@@ -74,8 +75,9 @@ def test_jpeg_round_streams_and_matches_the_core(server_factory, jpeg_shards, re
     expected = select(score(proxy, decode_samples(rows.samples, manifest), batch_size=64),
                       rows.labels, ratio=0.3)
     selections = {}
-    for cache in (0, 1 << 30):  # streaming every round, and everything cached
-        spec = image_spec(jpeg_shards, f"jpeg-cache-{cache}", cache_bytes=cache)
+    for cache, scorers in ((0, 2), (1 << 30, 1)):  # streaming every round, and all cached
+        spec = image_spec(jpeg_shards, f"jpeg-cache-{cache}", cache_bytes=cache,
+                          num_scorers=scorers)
         job = client.create_job(spec)
         assert list(job.epoch_sizes) == [600, 180, 180]
         client.push_weights(spec.job_id, epoch=1, version=1, records=records)

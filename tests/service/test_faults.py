@@ -95,9 +95,10 @@ def test_one_jobs_faults_leave_another_job_alone(server_factory, small_shards,
                                                  trained_model):
     server = server_factory()
     client = SelectorClient(server.address, retries=0)
-    healthy, troubled = make_spec(small_shards, "healthy"), make_spec(small_shards, "troubled")
-    for spec in (healthy, troubled):
-        client.create_job(spec)
+    for job_id in ("healthy", "troubled"):  # one scorer each: the jobs' isolation is the point
+        spec = make_spec(small_shards, job_id)
+        client.create_job(spec.model_copy(update={"resources": spec.resources.model_copy(
+            update={"num_scorers": 1})}))
     client.push_weights("healthy", 1, 1, export_psp(trained_model, 0.25))
     reference = [client.get_selection("healthy", 1, r, 2, timeout=120) for r in range(2)]
 
