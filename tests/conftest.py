@@ -68,6 +68,10 @@ def ray_cluster() -> Iterator[None]:
     # (every scorer actor gets a process of its own that imports torch anyway).
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+    # Ray runs its workers at niceness 15: on a machine kept busy by the other tests, the
+    # scorer actors then wait for the CPU until the busy tests end (a restart test took
+    # 190 s under two busy loops, 16 s at niceness 0, and once missed its 60 s deadline).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=str(temp),
              logging_level="WARNING")
     yield
