@@ -119,7 +119,10 @@ class SelectorServer:
             # Calls beyond this are refused (RESOURCE_EXHAUSTED) instead of queueing.
             maximum_concurrent_rpcs=4 * max_workers,
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                     # gRPC binds with SO_REUSEPORT: a second server on a port in use would
+                     # silently share its connections. A port in use is refused instead.
+                     ("grpc.so_reuseport", 0)],
         )
         selector_pb2_grpc.add_SelectorServicer_to_server(
             SelectorServicer(self.coordinator, dashboard_url), self._server)
@@ -127,14 +130,17 @@ class SelectorServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
-        if tls is not None:
-            credentials = grpc.ssl_server_credentials(
-                [(Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())])
-            self.port = self._server.add_secure_port(address, credentials)
-        else:
-            self.port = self._server.add_insecure_port(address)
+        try:
+            if tls is not None:
+                credentials = grpc.ssl_server_credentials(
+                    [(Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())])
+                self.port = self._server.add_secure_port(address, credentials)
+            else:
+                self.port = self._server.add_insecure_port(address)
+        except RuntimeError:  # grpcio's "Failed to bind"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
+            raise OSError(f"cannot listen on {address} (in use, or not this machine's)")
         self.address = f"{address.rsplit(':', 1)[0]}:{self.port}"
 
     def start(self) -> SelectorServer:

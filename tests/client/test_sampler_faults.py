@@ -21,6 +21,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_at_a_fixed_port(local_server_factory, **kwargs):
+    """A local selector on a port chosen here (to restart it there later); a port another
+    process took meanwhile is refused at start, so another is tried."""
+    for _ in range(20):
+        address = f"127.0.0.1:{free_port()}"
+        try:
+            return address, local_server_factory(address=address, **kwargs)
+        except OSError:
+            continue
+    raise AssertionError("no free port in 20 tries")
+
+
 def test_fallbacks_keep_the_plan_and_recover(local_server_factory, small_shards, trained_model,
                                              tmp_path, caplog):
     uri, manifest = small_shards
@@ -140,8 +152,7 @@ def test_ranks_skip_retries_while_the_selector_stays_down_and_all_see_it_back(
                    proxy=ProxySpec(architecture="fmnist-cnn", width=0.25),
                    policy=SelectionPolicy(ratio=0.3, warmup_epochs=1, seed=5), epochs=4,
                    resources=ScorerResources(num_scorers=1, num_cpus=0))
-    address = f"127.0.0.1:{free_port()}"
-    server = local_server_factory(state_dir=tmp_path / "state", address=address)
+    address, server = server_at_a_fixed_port(local_server_factory, state_dir=tmp_path / "state")
     attempts: list[dict[int, int]] = [{}, {}]  # rank → epoch → GetSelection calls sent
     samplers = []
     for rank in range(2):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import grpc
 import numpy as np
 import pytest
@@ -146,3 +148,11 @@ def test_delete(live, small_shards):
     assert client.delete_job(spec.job_id)
     code, _ = _code(lambda: client.get_job(spec.job_id))
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_port_in_use_is_refused_at_start(local_server_factory, tmp_path):
+    """No silent sharing of a port (gRPC's SO_REUSEPORT is off): a second selector on a
+    running one's port fails to start, naming the address."""
+    first = local_server_factory()
+    with pytest.raises(OSError, match=f"cannot listen on {re.escape(first.address)}"):
+        local_server_factory(state_dir=tmp_path / "other", address=first.address)
