@@ -25,6 +25,12 @@ def make_spec(small_shards, job_id: str = "fmnist-small", **policy) -> JobSpec:
                    resources=ScorerResources(num_scorers=2, num_cpus=1, batch_size=256))
 
 
+def with_resources(spec: JobSpec, **resources) -> JobSpec:
+    """``spec`` with some of its scorer resources changed (validated like any spec's)."""
+    return spec.model_copy(update={"resources": ScorerResources(**{
+        **spec.resources.model_dump(), **resources})})
+
+
 def gather(client, job_id: str, epoch: int, world_size: int, drop_last: bool = False):
     """Every rank's answer for one epoch, as (selection, its indices) pairs."""
     answers = [client.get_selection(job_id, epoch, rank, world_size, drop_last=drop_last,

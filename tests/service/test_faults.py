@@ -23,7 +23,7 @@ from dynams_service.core.models.proxy import TensorRecord, build_proxy, export_p
 from dynams_service.proto.dynams.v1 import selector_pb2_grpc
 from dynams_service.protocol import records_to_chunks
 
-from .conftest import Selector, make_spec
+from .conftest import Selector, make_spec, with_resources
 
 
 def full_spec(shards, job_id: str) -> JobSpec:
@@ -96,9 +96,7 @@ def test_one_jobs_faults_leave_another_job_alone(server_factory, small_shards,
     server = server_factory()
     client = SelectorClient(server.address, retries=0)
     for job_id in ("healthy", "troubled"):  # one scorer each: the jobs' isolation is the point
-        spec = make_spec(small_shards, job_id)
-        client.create_job(spec.model_copy(update={"resources": spec.resources.model_copy(
-            update={"num_scorers": 1})}))
+        client.create_job(with_resources(make_spec(small_shards, job_id), num_scorers=1))
     client.push_weights("healthy", 1, 1, export_psp(trained_model, 0.25))
     reference = [client.get_selection("healthy", 1, r, 2, timeout=120) for r in range(2)]
 

@@ -28,7 +28,7 @@ from dynams_service.protocol import pb, records_to_chunks
 from dynams_service.service.errors import DeadlineExceeded
 from dynams_service.service.limits import Limits
 
-from .conftest import make_spec
+from .conftest import make_spec, with_resources
 
 C = grpc.StatusCode
 
@@ -51,11 +51,6 @@ def code_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(SelectorError) as info:
         call()
     return C[info.value.status.value], info.value.details
-
-
-def with_resources(spec, **resources):
-    return spec.model_copy(update={"resources": ScorerResources(**{
-        **spec.resources.model_dump(), **resources})})
 
 
 def test_operator_limits_refuse_before_anything_is_reserved(server_factory, small_shards,

@@ -20,7 +20,7 @@ from dynams_service.core.selection.selection_rules import round_seed, rule_selec
 from dynams_service.service.errors import Internal
 from dynams_service.service.scorer import JobScorers
 
-from .conftest import make_spec
+from .conftest import make_spec, with_resources
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,7 @@ def test_selection_over_kept_margins_survives_a_lost_part(ray_cluster, small_sha
     uri, manifest = small_shards
     spec = make_spec(small_shards, f"parts-{int(per_class)}",
                      class_balance="per_class" if per_class else "global")
-    spec = spec.model_copy(update={"resources": spec.resources.model_copy(
-        update={"num_cpus": 0, "num_scorers": 3})})
+    spec = with_resources(spec, num_cpus=0, num_scorers=3)
     chosen, margins = expected(small_shards, trained_model, per_class, 1200)
     scorers = JobScorers(spec, manifest)
     try:
@@ -83,8 +82,7 @@ def test_selection_rules_on_the_actors_equal_the_in_process_rule(ray_cluster, sm
     uri, manifest = small_shards
     spec = make_spec(small_shards, f"rules-{'-'.join(rule)}".replace("_", "-"),
                      class_balance="global", **rule)
-    spec = spec.model_copy(update={"resources": spec.resources.model_copy(
-        update={"num_cpus": 0})})
+    spec = with_resources(spec, num_cpus=0)
     scorers = JobScorers(spec, manifest)
     try:
         scorers.score(snapshot, "distance")
@@ -110,8 +108,7 @@ def test_a_release_during_a_round_fails_it_and_leaves_no_scorer(ray_cluster, sma
     uri, manifest = small_shards
     for attempt in range(3):  # one scorer each: the release races the round, not the parts
         spec = make_spec(small_shards, f"release-{attempt}")
-        spec = spec.model_copy(update={"resources": spec.resources.model_copy(
-            update={"num_cpus": 0, "num_scorers": 1})})
+        spec = with_resources(spec, num_cpus=0, num_scorers=1)
         scorers = JobScorers(spec, manifest)
         outcome: dict[str, str] = {}
 
@@ -140,8 +137,7 @@ def test_a_release_during_a_round_fails_it_and_leaves_no_scorer(ray_cluster, sma
     # release kills the holder of the name, the restart's actor starts, sees the release
     # and is killed; before, it stayed up under the job's name.
     spec = make_spec(small_shards, "release-window")
-    spec = spec.model_copy(update={"resources": spec.resources.model_copy(
-        update={"num_cpus": 0, "num_scorers": 1})})
+    spec = with_resources(spec, num_cpus=0, num_scorers=1)
     scorers = JobScorers(spec, manifest)
     failures: list[BaseException] = []
 
