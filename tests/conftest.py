@@ -23,6 +23,8 @@ from dynams_service.core.data.shards import (
     write_shards,
 )
 
+pytest_plugins = ["tests.file_costs"]  # costliest files first across xdist workers
+
 SMALL_N = 4000  # the small shard set: the first 4000 training images, 4 shards
 
 FASHION_MNIST_DIR = Path(
