@@ -35,7 +35,7 @@ from dynams_service.service.limits import Limits
 from dynams_service.service.metrics import InMemoryMetrics
 from dynams_service.service.store import StateStore
 
-from .conftest import canonical_from_parts, make_spec
+from .conftest import canonical_from_parts, make_spec, with_resources
 from .local_scorers import LocalCluster
 from .test_selector import expected_selection
 
@@ -236,8 +236,7 @@ def test_deleting_a_job_mid_round_ends_its_waiters_and_keeps_nothing(
 def test_admission_and_placement_failures_leave_nothing(tmp_path, small_shards):
     selector = Selector(tmp_path / "state", max_jobs=1, max_cpus_per_job=2)
     with pytest.raises(ResourceExhausted):
-        selector.create_job(make_spec(small_shards, "greedy").model_copy(update={
-            "resources": make_spec(small_shards).resources.model_copy(update={"num_cpus": 2})}))
+        selector.create_job(with_resources(make_spec(small_shards, "greedy"), num_cpus=2))
     selector.cluster.refuse = True
     with pytest.raises(Internal, match="cannot place"):
         selector.create_job(make_spec(small_shards, "unplaced"))

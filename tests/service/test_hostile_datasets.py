@@ -17,7 +17,7 @@ from dynams_service.client import SelectorClient, SelectorError
 from dynams_service.core.data.shards import MANIFEST_NAME
 
 from ..cli_runner import dynams as run_cli
-from .conftest import Selector, make_spec
+from .conftest import Selector, make_spec, with_resources
 
 C = grpc.StatusCode
 
@@ -60,8 +60,7 @@ def test_fifo_manifest_neither_hangs_nor_blocks_other_jobs(selector, small_shard
         lambda: client.create_job(spec_for(small_shards, str(root), "fifo"), timeout=60))))
     worker.start()
     good = dataset(allowed, small_shards, "good")
-    ok = spec_for(small_shards, str(good), "beside-fifo").model_copy(update={
-        "resources": make_spec(small_shards).resources.model_copy(update={"num_cpus": 0})})
+    ok = with_resources(spec_for(small_shards, str(good), "beside-fifo"), num_cpus=0)
     assert client.create_job(ok, timeout=60).spec.job_id == "beside-fifo"
     worker.join(60)
     code, message = result["fifo"]
@@ -137,8 +136,8 @@ def test_a_fifo_in_a_saved_job_does_not_stop_a_restart(tmp_path, small_shards, r
     server = Selector(state)
     try:
         client = SelectorClient(server.address, retries=0)
-        client.create_job(spec_for(small_shards, str(root), "will-break").model_copy(update={
-            "resources": make_spec(small_shards).resources.model_copy(update={"num_cpus": 0})}))
+        client.create_job(with_resources(spec_for(small_shards, str(root), "will-break"),
+                                         num_cpus=0))
     finally:
         server.stop()
     (root / MANIFEST_NAME).unlink()
@@ -156,8 +155,7 @@ def test_job_list_and_delete_from_the_command_line(selector, small_shards):
     server, allowed = selector
     root = dataset(allowed, small_shards, "cli-jobs")
     client = SelectorClient(server.address, retries=0)
-    client.create_job(spec_for(small_shards, str(root), "cli-job").model_copy(update={
-        "resources": make_spec(small_shards).resources.model_copy(update={"num_cpus": 0})}))
+    client.create_job(with_resources(spec_for(small_shards, str(root), "cli-job"), num_cpus=0))
 
     def dynams(*args: str) -> subprocess.CompletedProcess:
         return run_cli(*args, "--address", server.address)

@@ -12,7 +12,7 @@ import pytest
 from dynams_service.client import SelectorClient, SelectorError, Status
 from dynams_service.core.registry import load_plugin_modules
 
-from .conftest import make_spec
+from .conftest import make_spec, with_resources
 
 
 @pytest.fixture()
@@ -29,9 +29,9 @@ def gate():
 def light(small_shards, job_id: str, uri: str | None = None):
     """One scorer taking no CPU reservation, so three jobs fit beside the other tests'."""
     spec = make_spec(small_shards, job_id)
-    return spec.model_copy(update={
-        "dataset_uri": uri or spec.dataset_uri,
-        "resources": spec.resources.model_copy(update={"num_scorers": 1, "num_cpus": 0})})
+    if uri:
+        spec = spec.model_copy(update={"dataset_uri": uri})
+    return with_resources(spec, num_scorers=1, num_cpus=0)
 
 
 def test_a_slow_dataset_blocks_only_its_own_job(local_server_factory, small_shards, gate):
