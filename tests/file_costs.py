@@ -24,10 +24,18 @@ def file_of(nodeid: str) -> str:
 
 
 def order_costliest_files_first(items: list[pytest.Item], costs: dict[str, float]) -> None:
-    """Reorder ``items`` in place: files by descending cost, each file's tests contiguous and
-    in their own order (the sort is stable)."""
+    """Reorder ``items`` in place: files by descending cost (equal costs in collection
+    order), each file's tests contiguous and in their own order (the sort is stable)."""
     unknown = max(costs.values(), default=0.0) + 1.0
-    items.sort(key=lambda item: -costs.get(file_of(item.nodeid), unknown))
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        first.setdefault(file_of(item.nodeid), index)
+
+    def key(item: pytest.Item) -> tuple[float, int]:
+        name = file_of(item.nodeid)
+        return -costs.get(name, unknown), first[name]
+
+    items.sort(key=key)
 
 
 def load_costs(path: Path = COSTS) -> dict[str, float]:

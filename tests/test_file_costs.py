@@ -23,6 +23,14 @@ def test_costliest_file_first_each_file_whole_and_in_order():
         "tests/a.py::x", "tests/a.py::y"]
 
 
+def test_files_of_equal_cost_stay_whole_in_collection_order():
+    collected = items("tests/a.py::x", "tests/b.py::x", "tests/a.py::y", "tests/c.py::x")
+    order_costliest_files_first(collected, {"tests/a.py": 2.0, "tests/b.py": 2.0,
+                                            "tests/c.py": 9.0})
+    assert [i.nodeid for i in collected] == [
+        "tests/c.py::x", "tests/a.py::x", "tests/a.py::y", "tests/b.py::x"]
+
+
 def test_a_file_not_in_the_table_goes_first():
     collected = items("tests/a.py::x", "tests/new.py::x")
     order_costliest_files_first(collected, {"tests/a.py": 100.0})
