@@ -10,6 +10,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+# One intra-op thread per test process, and for the processes the tests start (set before
+# torch loads): the xdist workers and the scorers, ranks and scripts they run share the
+# cores, and OpenMP threads spin-waiting for a busy core made in-process tests several
+# times slower (tests/core/test_slimming.py: 57 s with two threads beside one busy process,
+# 20 s with one). A value set by the caller is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 import torch

@@ -25,7 +25,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory, fashion_mnist_dir: Path)
     out = tmp_path_factory.mktemp("quality")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(out),
+        [sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--out", str(out),
          "--data-dir", str(fashion_mnist_dir)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )
