@@ -55,7 +55,7 @@ test: $(STAMP) data
 	$(RUN_ENV) DYNAMS_FASHION_MNIST_DIR=$(DATA_DIR) $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The tests that need neither Ray nor torchrun: the core, the client, the coordinator
-# with in-process scorers, the CLI, the docs (2–3 minutes on 2 cores).
+# with in-process scorers, the CLI, the docs (about 1.5 minutes on 2 cores).
 test-fast: $(STAMP) data
 	$(VENV)/bin/ruff check .
 	$(RUN_ENV) DYNAMS_FASHION_MNIST_DIR=$(DATA_DIR) $(PY) -m pytest -m "not ray and not slow and not soak" $(XDIST) $(PYTEST_ARGS)
