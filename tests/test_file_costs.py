@@ -3,10 +3,9 @@ tests together and in their own order, a file missing from the table first of al
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
-from tests.file_costs import COSTS, order_costliest_files_first
+from tests.file_costs import COSTS, load_costs, order_costliest_files_first
 
 
 def items(*nodeids: str) -> list[SimpleNamespace]:
@@ -38,6 +37,6 @@ def test_a_file_not_in_the_table_goes_first():
 
 
 def test_the_table_names_existing_files():
-    table = json.loads(COSTS.read_text())
+    table = load_costs()
     root = COSTS.parents[1]
     assert table and all((root / name).is_file() for name in table), table
